@@ -1,0 +1,132 @@
+"""Checkpoint directories: ``config.json`` + ``model.safetensors`` + SentencePiece model(s). No pickle."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from .config import TransformerConfig
+from .tokenizer import Tokenizer
+from .transformer import Transformer
+
+FORMAT = "ferry"
+FORMAT_VERSION = 1
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "model.safetensors"
+
+
+@dataclass
+class CheckpointInfo:
+    """Everything in ``config.json`` besides the architecture."""
+
+    source_language: str = ""
+    target_language: str = ""
+    model_id: str = ""
+    version: str = ""
+    source_spm: str = "spm.model"
+    target_spm: str = "spm.model"
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def is_ferry_checkpoint(path: str | Path) -> bool:
+    cfg = Path(path) / CONFIG_FILE
+    if not cfg.is_file():
+        return False
+    try:
+        return json.loads(cfg.read_text()).get("format") == FORMAT
+    except json.JSONDecodeError:
+        return False
+
+
+def _aliases(cfg: TransformerConfig) -> set[str]:
+    """Parameter names that are views of another (tied) parameter and are not stored."""
+    names = set()
+    if cfg.share_embeddings:
+        names.add("tgt_embed.weight")
+    if cfg.tie_output:
+        names.add("output.weight")
+    return names
+
+
+def save_checkpoint(
+    path: str | Path,
+    model: Transformer,
+    info: CheckpointInfo,
+    *,
+    source_spm: str | Path,
+    target_spm: str | Path | None = None,
+    dtype: torch.dtype = torch.float32,
+) -> Path:
+    """Write a checkpoint directory (weights cast to ``dtype``; float16 halves the size)."""
+    out = Path(path)
+    out.mkdir(parents=True, exist_ok=True)
+    skip = _aliases(model.cfg)
+    tensors = {
+        name: t.detach().to("cpu", dtype if t.is_floating_point() else t.dtype).contiguous()
+        for name, t in model.state_dict().items()
+        if name not in skip
+    }
+    save_file(tensors, str(out / WEIGHTS_FILE), metadata={"format": FORMAT})
+    src_name = "source.spm" if target_spm is not None and Path(target_spm) != Path(source_spm) else "spm.model"
+    tgt_name = "target.spm" if src_name == "source.spm" else src_name
+    if Path(source_spm).resolve() != (out / src_name).resolve():
+        shutil.copyfile(source_spm, out / src_name)
+    if tgt_name != src_name and target_spm is not None and Path(target_spm).resolve() != (out / tgt_name).resolve():
+        shutil.copyfile(target_spm, out / tgt_name)
+    meta = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "model": model.cfg.to_dict(),
+        "source_language": info.source_language,
+        "target_language": info.target_language,
+        "model_id": info.model_id,
+        "version": info.version,
+        "tokenizer": {"source": src_name, "target": tgt_name},
+        "weights_dtype": str(dtype).removeprefix("torch."),
+        **({"extra": info.extra} if info.extra else {}),
+    }
+    (out / CONFIG_FILE).write_text(json.dumps(meta, indent=2) + "\n")
+    return out
+
+
+def load_checkpoint(
+    path: str | Path,
+    *,
+    device: torch.device | str = "cpu",
+    dtype: torch.dtype = torch.float32,
+) -> tuple[Transformer, Tokenizer, CheckpointInfo]:
+    """Load a ferry checkpoint directory onto ``device`` in ``dtype``."""
+    root = Path(path)
+    if not (root / CONFIG_FILE).is_file():
+        raise FileNotFoundError(f"{root} has no {CONFIG_FILE}: not a model directory")
+    meta = json.loads((root / CONFIG_FILE).read_text())
+    if meta.get("format") != FORMAT:
+        raise ValueError(f"{root / CONFIG_FILE} is not a ferry checkpoint (format={meta.get('format')!r})")
+    if meta.get("format_version", 0) > FORMAT_VERSION:
+        raise ValueError(f"{root} uses checkpoint format {meta['format_version']}; upgrade ferry to read it")
+    cfg = TransformerConfig.from_dict(meta["model"])
+    model = Transformer(cfg)
+    state = load_file(str(root / WEIGHTS_FILE))
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    missing = [m for m in missing if m not in _aliases(cfg)]
+    if missing or unexpected:
+        raise ValueError(f"{root / WEIGHTS_FILE} does not match config.json: missing={missing} unexpected={unexpected}")
+    model.to(device=device, dtype=dtype).eval()
+    tok = meta.get("tokenizer", {})
+    info = CheckpointInfo(
+        source_language=meta.get("source_language", ""),
+        target_language=meta.get("target_language", ""),
+        model_id=meta.get("model_id", "") or root.name,
+        version=meta.get("version", ""),
+        source_spm=tok.get("source", "spm.model"),
+        target_spm=tok.get("target", "spm.model"),
+        extra=meta.get("extra", {}),
+    )
+    tokenizer = Tokenizer(root / info.source_spm, root / info.target_spm, eos_id=cfg.eos_id, unk_id=cfg.unk_id)
+    return model, tokenizer, info

@@ -1,0 +1,87 @@
+"""Encoder and decoder layers (post-norm or pre-norm) and the feed-forward block."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .attention import Attention
+from .cache import DecoderCache
+from .config import TransformerConfig
+
+ACTIVATIONS: dict[str, Callable[[Tensor], Tensor]] = {"relu": F.relu, "gelu": F.gelu, "swish": F.silu}
+
+
+class FeedForward(nn.Module):
+    def __init__(self, cfg: TransformerConfig) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(cfg.d_model, cfg.ffn_dim, bias=cfg.ffn_bias)
+        self.fc2 = nn.Linear(cfg.ffn_dim, cfg.d_model, bias=cfg.ffn_bias)
+        self.activation = ACTIVATIONS[cfg.activation]
+        self.activation_dropout = nn.Dropout(cfg.activation_dropout)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.fc2(self.activation_dropout(self.activation(self.fc1(x))))
+
+
+class _Residual(nn.Module):
+    """``x + dropout(f(x))`` with the LayerNorm before f (pre-norm) or after the add (post-norm)."""
+
+    def __init__(self, cfg: TransformerConfig) -> None:
+        super().__init__()
+        self.pre = cfg.norm_position == "pre"
+        self.norm = nn.LayerNorm(cfg.d_model, eps=cfg.layer_norm_eps)
+        self.dropout = nn.Dropout(cfg.dropout)
+
+    def forward(self, x: Tensor, block: Callable[[Tensor], Tensor]) -> Tensor:
+        if self.pre:
+            return x + self.dropout(block(self.norm(x)))
+        return self.norm(x + self.dropout(block(x)))
+
+
+class EncoderLayer(nn.Module):
+    def __init__(self, cfg: TransformerConfig) -> None:
+        super().__init__()
+        self.self_attn = Attention(cfg)
+        self.self_attn_res = _Residual(cfg)
+        self.ffn = FeedForward(cfg)
+        self.ffn_res = _Residual(cfg)
+
+    def forward(self, x: Tensor, mask: Tensor) -> Tensor:
+        x = self.self_attn_res(x, lambda h: self.self_attn(h, mask=mask))
+        return self.ffn_res(x, self.ffn)
+
+
+class DecoderLayer(nn.Module):
+    def __init__(self, cfg: TransformerConfig) -> None:
+        super().__init__()
+        self.self_attn = Attention(cfg)
+        self.self_attn_res = _Residual(cfg)
+        self.cross_attn = Attention(cfg)
+        self.cross_attn_res = _Residual(cfg)
+        self.ffn = FeedForward(cfg)
+        self.ffn_res = _Residual(cfg)
+
+    def forward(self, x: Tensor, memory: Tensor, memory_mask: Tensor) -> Tensor:
+        """Teacher-forced pass over a whole target prefix: x (B, T, d), memory (B, S, d)."""
+        x = self.self_attn_res(x, lambda h: self.self_attn(h, is_causal=True))
+        x = self.cross_attn_res(x, lambda h: self.cross_attn(h, memory, mask=memory_mask))
+        return self.ffn_res(x, self.ffn)
+
+    def step(self, x: Tensor, cache: DecoderCache, layer: int, cross_mask: Tensor) -> Tensor:
+        """One decoding position per row: x (R, 1, d). Writes this position's K/V into ``cache``."""
+
+        def self_block(h: Tensor) -> Tensor:
+            k_new, v_new = self.self_attn.project_kv(h)  # (R, Hkv, 1, D) each
+            k, v, mask = cache.write(layer, k_new, v_new)
+            return self.self_attn.attend(self.self_attn.project_q(h), k, v, mask=mask)
+
+        def cross_block(h: Tensor) -> Tensor:
+            q = self.cross_attn.project_q(h)  # (R, H, 1, D)
+            return self.cross_attn.attend(q, cache.cross_k[layer], cache.cross_v[layer], mask=cross_mask)
+
+        x = self.self_attn_res(x, self_block)
+        x = self.cross_attn_res(x, cross_block)
+        return self.ffn_res(x, self.ffn)

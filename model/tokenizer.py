@@ -1,0 +1,100 @@
+"""SentencePiece tokenization (joint or separate source/target models, optional shared vocab file)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+import sentencepiece as spm
+
+# ferry's own SentencePiece models reserve these ids (TransformerConfig defaults match).
+PAD_ID, UNK_ID, BOS_ID, EOS_ID = 0, 1, 2, 3
+
+
+class Tokenizer:
+    """Text <-> ids for one language pair.
+
+    Without ``vocab`` the SentencePiece ids are the model ids (ferry checkpoints). With ``vocab``
+    (piece -> id, as in Marian's vocab.json) pieces are mapped through it, unknown pieces to ``unk_id``.
+    """
+
+    def __init__(
+        self,
+        source_model: str | Path,
+        target_model: str | Path | None = None,
+        *,
+        vocab: dict[str, int] | None = None,
+        eos_id: int = EOS_ID,
+        unk_id: int = UNK_ID,
+    ) -> None:
+        self.source = spm.SentencePieceProcessor(model_file=str(source_model))
+        self.target = (
+            self.source
+            if target_model is None or Path(target_model) == Path(source_model)
+            else spm.SentencePieceProcessor(model_file=str(target_model))
+        )
+        self.vocab = vocab
+        self.id_to_piece = {i: p for p, i in vocab.items()} if vocab is not None else None
+        self.eos_id = eos_id
+        self.unk_id = unk_id
+
+    def encode_source(self, texts: Sequence[str]) -> list[list[int]]:
+        """Token ids of each text with EOS appended (an empty text gives just ``[eos]``)."""
+        if self.vocab is None:
+            ids: list[list[int]] = self.source.encode(list(texts), out_type=int)
+            return [[*row, self.eos_id] for row in ids]
+        pieces: list[list[str]] = self.source.encode(list(texts), out_type=str)
+        return [[self.vocab.get(p, self.unk_id) for p in row] + [self.eos_id] for row in pieces]
+
+    def encode_target(self, texts: Sequence[str]) -> list[list[int]]:
+        """Target ids without BOS/EOS (training adds them)."""
+        if self.vocab is None:
+            ids: list[list[int]] = self.target.encode(list(texts), out_type=int)
+            return ids
+        pieces: list[list[str]] = self.target.encode(list(texts), out_type=str)
+        return [[self.vocab.get(p, self.unk_id) for p in row] for row in pieces]
+
+    def decode_target(self, ids: Sequence[int]) -> str:
+        if self.id_to_piece is None:
+            text: str = self.target.decode(list(ids))
+            return text
+        pieces = [self.id_to_piece.get(i, "<unk>") for i in ids]
+        decoded: str = self.target.decode_pieces(pieces)
+        return decoded
+
+    def target_pieces(self, ids: Sequence[int]) -> list[str]:
+        if self.id_to_piece is None:
+            return [self.target.id_to_piece(i) for i in ids]
+        return [self.id_to_piece.get(i, "<unk>") for i in ids]
+
+    @property
+    def source_vocab_size(self) -> int:
+        return len(self.vocab) if self.vocab is not None else int(self.source.get_piece_size())
+
+
+def train_sentencepiece(
+    texts: Iterable[str],
+    model_prefix: str | Path,
+    *,
+    vocab_size: int,
+    model_type: str = "unigram",
+    character_coverage: float = 1.0,
+    input_sentence_size: int = 2_000_000,
+) -> Path:
+    """Train a SentencePiece model with ferry's special ids; returns the ``.model`` path."""
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(texts),
+        model_prefix=str(model_prefix),
+        vocab_size=vocab_size,
+        model_type=model_type,
+        character_coverage=character_coverage,
+        pad_id=PAD_ID,
+        unk_id=UNK_ID,
+        bos_id=BOS_ID,
+        eos_id=EOS_ID,
+        input_sentence_size=input_sentence_size,
+        shuffle_input_sentence=True,
+        hard_vocab_limit=False,
+        minloglevel=2,
+    )
+    return Path(f"{model_prefix}.model")
