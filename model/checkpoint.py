@@ -19,6 +19,7 @@ FORMAT = "ferry"
 FORMAT_VERSION = 1
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
+VOCAB_FILE = "vocab.json"
 
 
 @dataclass
@@ -62,8 +63,11 @@ def save_checkpoint(
     source_spm: str | Path,
     target_spm: str | Path | None = None,
     dtype: torch.dtype = torch.float32,
+    vocab: dict[str, int] | None = None,
 ) -> Path:
-    """Write a checkpoint directory (weights cast to ``dtype``; float16 halves the size)."""
+    """Write a checkpoint directory (weights cast to ``dtype``; float16 halves the size). ``vocab``
+    (piece -> id, e.g. from an imported Marian model) is saved as vocab.json when ids are not the
+    SentencePiece ids."""
     out = Path(path)
     out.mkdir(parents=True, exist_ok=True)
     skip = _aliases(model.cfg)
@@ -87,10 +91,12 @@ def save_checkpoint(
         "target_language": info.target_language,
         "model_id": info.model_id,
         "version": info.version,
-        "tokenizer": {"source": src_name, "target": tgt_name},
+        "tokenizer": {"source": src_name, "target": tgt_name, **({"vocab": VOCAB_FILE} if vocab else {})},
         "weights_dtype": str(dtype).removeprefix("torch."),
         **({"extra": info.extra} if info.extra else {}),
     }
+    if vocab:
+        (out / VOCAB_FILE).write_text(json.dumps(vocab, ensure_ascii=False, indent=0) + "\n")
     (out / CONFIG_FILE).write_text(json.dumps(meta, indent=2) + "\n")
     return out
 
@@ -128,5 +134,8 @@ def load_checkpoint(
         target_spm=tok.get("target", "spm.model"),
         extra=meta.get("extra", {}),
     )
-    tokenizer = Tokenizer(root / info.source_spm, root / info.target_spm, eos_id=cfg.eos_id, unk_id=cfg.unk_id)
+    vocab = json.loads((root / tok["vocab"]).read_text()) if tok.get("vocab") else None
+    tokenizer = Tokenizer(
+        root / info.source_spm, root / info.target_spm, vocab=vocab, eos_id=cfg.eos_id, unk_id=cfg.unk_id
+    )
     return model, tokenizer, info

@@ -43,8 +43,10 @@ class Tokenizer:
         if self.vocab is None:
             ids: list[list[int]] = self.source.encode(list(texts), out_type=int)
             return [[*row, self.eos_id] for row in ids]
-        pieces: list[list[str]] = self.source.encode(list(texts), out_type=str)
-        return [[self.vocab.get(p, self.unk_id) for p in row] + [self.eos_id] for row in pieces]
+        codes, rest = zip(*(split_language_code(t) for t in texts)) if texts else ((), ())
+        pieces: list[list[str]] = self.source.encode(list(rest), out_type=str)
+        vocab = self.vocab
+        return [[vocab.get(p, self.unk_id) for p in [*c, *row]] + [self.eos_id] for c, row in zip(codes, pieces)]
 
     def encode_target(self, texts: Sequence[str]) -> list[list[int]]:
         """Target ids without BOS/EOS (training adds them)."""
@@ -58,9 +60,11 @@ class Tokenizer:
         if self.id_to_piece is None:
             text: str = self.target.decode(list(ids))
             return text
-        pieces = [self.id_to_piece.get(i, "<unk>") for i in ids]
+        # As Marian/transformers: unknown ids are dropped, and pieces the target SentencePiece model
+        # does not know (the vocabulary is joint) come back raw, so their "▁" are turned into spaces.
+        pieces = [self.id_to_piece[i] for i in ids if i != self.unk_id and i in self.id_to_piece]
         decoded: str = self.target.decode_pieces(pieces)
-        return decoded
+        return decoded.replace("\u2581", " ").strip()
 
     def target_pieces(self, ids: Sequence[int]) -> list[str]:
         if self.id_to_piece is None:
@@ -70,6 +74,15 @@ class Tokenizer:
     @property
     def source_vocab_size(self) -> int:
         return len(self.vocab) if self.vocab is not None else int(self.source.get_piece_size())
+
+
+def split_language_code(text: str) -> tuple[list[str], str]:
+    """Multilingual Marian models take the target language as a leading ``>>xxx<<`` token, kept
+    whole (not split by SentencePiece): returns ``([">>xxx<<"], rest)`` or ``([], text)``."""
+    end = text.find("<<") if text.startswith(">>") else -1
+    if end == -1:
+        return [], text
+    return [text[: end + 2]], text[end + 2 :]
 
 
 def train_sentencepiece(

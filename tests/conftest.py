@@ -2,10 +2,19 @@
 
 from __future__ import annotations
 
+import hashlib
+import os
 import random
+import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
+import torch
+
+# One intra-op thread per test process unless told otherwise: test processes (and the servers they
+# start) run side by side, and several OpenMP pools spinning on two cores are far slower than one.
+torch.set_num_threads(int(os.environ.get("FERRY_TEST_THREADS", "1")))
 
 # A made-up source language and its word-by-word "translation", reversed: the model must learn
 # both a lexicon and a reordering, so attention and positions matter.
@@ -81,10 +90,33 @@ def train_tiny_checkpoint(out: Path, *, steps: int = 400, seed: int = 0) -> Path
     return save_checkpoint(out, model, info, source_spm=spm_path)
 
 
+def _tiny_key() -> str:
+    """Changes whenever this file or the model code changes, so a cached model is never stale."""
+    root = Path(__file__).resolve().parent.parent
+    digest = hashlib.sha256()
+    for path in [Path(__file__), *sorted((root / "model").glob("*.py"))]:
+        digest.update(path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
 @pytest.fixture(scope="session")
 def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Directory of a tiny xx→yy model that translates TINY_PAIRS exactly."""
-    return train_tiny_checkpoint(tmp_path_factory.mktemp("tiny") / "model")
+    """Directory of a tiny xx→yy model that translates TINY_PAIRS exactly.
+
+    Built once and cached in ``$FERRY_TEST_CACHE`` (default: the system temp dir) under a key of the
+    model code, so parallel test processes share it; set ``FERRY_TEST_CACHE=off`` to always rebuild."""
+    cache = os.environ.get("FERRY_TEST_CACHE", str(Path(tempfile.gettempdir()) / "ferry-test-cache"))
+    if cache == "off":
+        return train_tiny_checkpoint(tmp_path_factory.mktemp("tiny") / "model")
+    final = Path(cache) / f"tiny-{_tiny_key()}"
+    if not (final / "config.json").exists():
+        staging = Path(tempfile.mkdtemp(prefix="tiny-", dir=Path(cache).mkdir(parents=True, exist_ok=True) or cache))
+        train_tiny_checkpoint(staging)
+        try:
+            staging.rename(final)  # atomic; another process may have won the race
+        except OSError:
+            shutil.rmtree(staging, ignore_errors=True)
+    return final
 
 
 @pytest.fixture(scope="session")

@@ -60,7 +60,8 @@ def run(args: argparse.Namespace) -> int:
     with ExitStack() as stack:
         src: TextIO = stack.enter_context(open(args.input, encoding="utf-8")) if args.input else sys.stdin
         dst: TextIO = stack.enter_context(open(args.output, "w", encoding="utf-8")) if args.output else sys.stdout
-        bar = tqdm(total=count_lines(args.input), unit="line", disable=not args.input, file=sys.stderr)
+        total = count_lines(args.input) if args.input else None
+        bar = tqdm(total=total, unit="line", disable=not args.input, file=sys.stderr)
         for batch in batches(iter(src), args.batch_size):
             results = translator.translate_batch(
                 batch, beam_size=args.beam_size, max_length=args.max_length, return_scores=args.scores

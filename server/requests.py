@@ -1,0 +1,197 @@
+"""Request and sentence objects of the serving engine, decoding options and the engine's errors.
+
+A *request* is one ``Engine.submit`` call: a list of texts, one ``DecodeOptions`` and an optional
+deadline, answered by one ``concurrent.futures.Future``. The engine splits it into *sentences*, the
+unit the scheduler admits into the running batch and the runner decodes (``beam_size`` rows each).
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from concurrent.futures import Future, InvalidStateError
+from dataclasses import dataclass, field
+from typing import NamedTuple
+
+from ferry.model.translator import MAX_BEAM_SIZE, TranslationResult, check_range
+
+MAX_LENGTH_PENALTY = 10.0
+"""Upper bound of ``DecodeOptions.length_penalty`` (the same range ``Translator.translate_batch`` accepts)."""
+
+
+# ---------------------------------------------------------------------------------------------- errors
+class EngineError(Exception):
+    """Base class of every error the engine reports (synchronously or through a request's future)."""
+
+
+class QueueFullError(EngineError):
+    """The waiting queue cannot take the request's sentences now (backpressure; gRPC RESOURCE_EXHAUSTED)."""
+
+
+class EngineClosedError(EngineError):
+    """The engine is draining or stopped and admits nothing new (gRPC UNAVAILABLE: retry elsewhere/later)."""
+
+    def __init__(self, message: str = "") -> None:
+        super().__init__(message or "the engine is shutting down and accepts no new requests; retry on another server")
+
+
+class DeadlineExceededError(EngineError):
+    """The request's deadline passed before all of its sentences were translated (gRPC DEADLINE_EXCEEDED)."""
+
+
+class InputTooLongError(EngineError, ValueError):
+    """One text has more source tokens than the engine accepts (gRPC INVALID_ARGUMENT)."""
+
+    def __init__(self, index: int, tokens: int, limit: int) -> None:
+        self.index = index
+        self.tokens = tokens
+        self.limit = limit
+        super().__init__(
+            f"texts[{index}] has {tokens} tokens (end-of-sentence token included); the limit is {limit} "
+            "tokens per text; split it into shorter sentences"
+        )
+
+
+class TranslationFailedError(EngineError):
+    """The model failed on one sentence even when it ran alone (e.g. out of memory); carries the reason."""
+
+    def __init__(self, index: int, reason: str) -> None:
+        self.index = index
+        self.reason = reason
+        super().__init__(f"translating texts[{index}] failed: {reason}")
+
+
+# ---------------------------------------------------------------------------------------------- options
+@dataclass(frozen=True)
+class DecodeOptions:
+    """How one request is decoded (the arguments of ``Translator.translate_batch``)."""
+
+    beam_size: int = 4
+    """Beam width; 1 is greedy search. Each sentence takes ``beam_size`` rows of the running batch."""
+    max_length: int | None = None
+    """Most output tokens (EOS included) per sentence; ``None``: ``2 * source tokens + 10``."""
+    length_penalty: float = 1.0
+    """Hypothesis score = sum of log-probabilities / length ** length_penalty."""
+    num_hypotheses: int = 1
+    """Size of the returned n-best list (at most ``beam_size``)."""
+    return_scores: bool = False
+    """Fill ``TranslationResult.score``/``scores``."""
+
+    def validate(self, max_positions: int) -> None:
+        """Raise ``ValueError`` naming the first option out of range and its allowed range."""
+        check_range("beam_size", self.beam_size, 1, MAX_BEAM_SIZE)
+        if self.max_length is not None:
+            check_range("max_length", self.max_length, 1, max_positions)
+        check_range("length_penalty", self.length_penalty, 0.0, MAX_LENGTH_PENALTY)
+        check_range("num_hypotheses", self.num_hypotheses, 1, self.beam_size)
+
+
+class LaneKey(NamedTuple):
+    """Sentences that share one searcher (and one decoder cache) in the runner."""
+
+    beam_size: int
+    length_penalty: float
+    num_hypotheses: int
+    group: int = 0
+    """0 for normal traffic; a retry after a failure gets a fresh group so it runs isolated."""
+
+
+# ---------------------------------------------------------------------------------------------- requests
+_request_ids = itertools.count(1)
+_sequence_ids = itertools.count(1)
+
+
+class Request:
+    """One ``submit`` call. ``results``/``remaining`` are written by the engine's worker thread only;
+    other threads see the request's state through ``future`` (thread-safe)."""
+
+    def __init__(
+        self,
+        texts_count: int,
+        options: DecodeOptions,
+        deadline: float | None,
+    ) -> None:
+        self.id = next(_request_ids)
+        self.options = options
+        self.deadline = deadline
+        self.created = time.monotonic()
+        self.future: Future[list[TranslationResult]] = Future()
+        self.results: list[TranslationResult | None] = [None] * texts_count
+        self.remaining = 0
+        """Sentences still to translate."""
+
+    @property
+    def done(self) -> bool:
+        """Resolved: finished, failed, expired or cancelled. Its sentences need no more work."""
+        return self.future.done()
+
+    def expired(self, now: float) -> bool:
+        return self.deadline is not None and now >= self.deadline
+
+    def resolve(self, result: list[TranslationResult] | None = None, error: BaseException | None = None) -> bool:
+        """Set the future's outcome unless it is already resolved (e.g. cancelled meanwhile)."""
+        try:
+            if error is not None:
+                self.future.set_exception(error)
+            else:
+                self.future.set_result(result if result is not None else [])
+        except InvalidStateError:  # cancelled (or resolved) concurrently
+            return False
+        return True
+
+
+@dataclass(eq=False)
+class Sentence:
+    """One non-empty text of a request: the unit of scheduling."""
+
+    request: Request
+    index: int
+    """Position in the request's texts."""
+    ids: list[int]
+    """Source token ids, EOS included."""
+    limit: int
+    """Most output tokens (``Translator.output_limit``)."""
+    group: int = 0
+    seq_id: int = field(default_factory=lambda: next(_sequence_ids))
+
+    @property
+    def rows(self) -> int:
+        """Decoder rows the sentence occupies while it runs."""
+        return self.request.options.beam_size
+
+    @property
+    def cost(self) -> int:
+        """Tokens it reserves in the batch budget: ``rows * (source tokens + output limit)``, the most
+        self- and cross-attention positions its rows can ever hold."""
+        return self.rows * (len(self.ids) + self.limit)
+
+    @property
+    def lane(self) -> LaneKey:
+        o = self.request.options
+        return LaneKey(o.beam_size, o.length_penalty, o.num_hypotheses, self.group)
+
+
+class RequestHandle:
+    """What ``Engine.submit`` returns: the request id, its future and a way to cancel it."""
+
+    def __init__(self, request: Request) -> None:
+        self._request = request
+        self.id = request.id
+        self.future = request.future
+        """Resolves to one ``TranslationResult`` per input text, in input order, or fails with an
+        ``EngineError`` (``DeadlineExceededError``, ``TranslationFailedError``, ``EngineClosedError``)
+        or ``CancelledError``."""
+
+    def cancel(self) -> None:
+        """Stop the request: its queued sentences are dropped now, its running ones leave the batch at
+        the next step, and the future is cancelled. No effect once it has resolved."""
+        self.future.cancel()
+
+    def done(self) -> bool:
+        return self.future.done()
+
+    def result(self, timeout: float | None = None) -> list[TranslationResult]:
+        return self.future.result(timeout)
+
+    def __repr__(self) -> str:
+        return f"RequestHandle(id={self.id}, done={self.future.done()})"

@@ -1,0 +1,75 @@
+"""DecoderCache: preallocated writes, cross K/V computed once, row edits."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from ferry.model import Translator
+from ferry.model.transformer import Transformer
+
+
+def test_cross_attention_kv_computed_once_per_sequence(tiny_checkpoint: Path) -> None:
+    t = Translator(tiny_checkpoint, device="cpu")
+    rows_seen: list[int] = []
+    hooks = [
+        layer.cross_attn.k_proj.register_forward_hook(lambda m, i, o: rows_seen.append(o.shape[0]))
+        for layer in t.model.decoder_layers
+    ]
+    try:
+        for beam in (1, 4):
+            rows_seen.clear()
+            t.translate_batch(["red cat runs", "a big dog sleeps", "tree"], beam_size=beam)
+            # One projection per layer over the 3 encoder rows, never per step or per beam.
+            assert rows_seen == [3] * len(t.model.decoder_layers)
+    finally:
+        for h in hooks:
+            h.remove()
+
+
+def _cache(model: Transformer, lengths: list[int]) -> torch.Tensor:
+    src = torch.randint(4, model.cfg.src_vocab_size, (len(lengths), max(lengths)))
+    return model.init_cache(model.encode(src, torch.tensor(lengths)), capacity=8)  # type: ignore[return-value]
+
+
+def test_self_attention_buffers_are_written_in_place(tiny_checkpoint: Path) -> None:
+    model = Translator(tiny_checkpoint, device="cpu").model
+    with torch.no_grad():
+        cache = model.init_cache(model.encode(torch.tensor([[5, 6, 3]]), torch.tensor([3])), capacity=8)
+        ptr = cache.self_k[0].data_ptr()
+        size = cache.size_bytes()
+        for _ in range(8):
+            model.decode_step(torch.tensor([2]), cache)
+        assert cache.self_k[0].data_ptr() == ptr  # no reallocation while within capacity
+        assert cache.size_bytes() == size
+        assert cache.lengths.tolist() == [8] and cache.lengths_host == [8]
+        model.decode_step(torch.tensor([2]), cache)  # past capacity: grows once (doubling)
+        assert cache.capacity == 16
+        cfg = model.cfg
+        per_pos = 2 * cfg.decoder_layers * cfg.kv_heads * cfg.head_dim * 4  # K and V, float32
+        assert cache.size_bytes() == per_pos * (16 + 3)  # self capacity + 3 source positions
+
+
+def test_reorder_select_and_extend() -> None:
+    from ferry.model.cache import DecoderCache
+
+    def cache_with(values: list[float], src_len: list[int]) -> DecoderCache:
+        cross = [torch.tensor(values)[:, None, None, None].expand(len(values), 1, max(src_len), 2).clone()]
+        c = DecoderCache(cross, [x.clone() for x in cross], torch.tensor(src_len), capacity=4)
+        for i, v in enumerate(values):
+            c.self_k[0][i, :, 0] = v
+        c.lengths += 1
+        c.lengths_host = [1] * len(values)
+        return c
+
+    c = cache_with([1.0, 2.0, 3.0], [2, 5, 1])
+    c.reorder(torch.tensor([0, 0, 2]))
+    assert c.self_k[0][:, 0, 0, 0].tolist() == [1.0, 1.0, 3.0]
+    assert c.cross_k[0][:, 0, 0, 0].tolist() == [1.0, 2.0, 3.0]  # cross state untouched by reorder
+    c.select_rows(torch.tensor([2, 0]))
+    assert c.self_k[0][:, 0, 0, 0].tolist() == [3.0, 1.0]
+    assert c.src_lengths.tolist() == [1, 2] and c.cross_k[0].shape[2] == 2  # source padding trimmed
+    c.extend(cache_with([7.0], [6]))
+    assert c.num_rows == 3 and c.src_lengths_host == [1, 2, 6]
+    assert c.cross_k[0].shape[2] == 6 and c.cross_mask()[:, 0, 0].sum(-1).tolist() == [1, 2, 6]
+    assert c.self_k[0][:, 0, 0, 0].tolist() == [3.0, 1.0, 7.0]
