@@ -9,12 +9,15 @@ from pathlib import Path
 import torch
 
 from .cache import DecoderCache
-from .checkpoint import CheckpointInfo, load_checkpoint
-from .search import Hypothesis, make_searcher, run_search
+from .checkpoint import CheckpointInfo
+from .loading import load_model
+from .search import Hypothesis, Searcher, make_searcher, run_search
 from .tokenizer import Tokenizer
 from .transformer import Transformer
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+INT8 = "int8"
+"""Weights-only dtype name: dynamic int8 quantization of the Linear layers (CPU only)."""
 MAX_BEAM_SIZE = 32
 MAX_LENGTH_RATIO = 2.0
 """Default cap on output length: ``MAX_LENGTH_RATIO * source_tokens + MAX_LENGTH_EXTRA``."""
@@ -36,7 +39,10 @@ class TranslationResult:
 def resolve_device(device: str | torch.device) -> torch.device:
     if str(device) == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(device)
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        dev = torch.device("meta")
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ValueError("device='cuda' but no CUDA GPU is available; use device='cpu' or 'auto'")
     if dev.type not in ("cpu", "cuda"):
@@ -45,16 +51,18 @@ def resolve_device(device: str | torch.device) -> torch.device:
 
 
 def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
-    if dtype is None:
+    if dtype is None or dtype == INT8:
+        if dtype == INT8 and device.type != "cpu":
+            raise ValueError("dtype='int8' is CPU only; on a GPU use float16 or bfloat16")
         return torch.float32
     if isinstance(dtype, str):
         if dtype not in DTYPES:
-            raise ValueError(f"dtype={dtype!r} is not supported; allowed: {sorted(DTYPES)}")
+            raise ValueError(f"dtype={dtype!r} is not supported; allowed: {sorted([*DTYPES, INT8])}")
         dtype = DTYPES[dtype]
     if dtype not in DTYPES.values():
         raise ValueError(f"dtype={dtype} is not supported; allowed: {sorted(DTYPES)}")
     if dtype != torch.float32 and device.type != "cuda":
-        raise ValueError(f"dtype={dtype} needs a GPU; on CPU use float32")
+        raise ValueError(f"dtype={dtype} needs a GPU; on CPU use float32 or int8")
     return dtype
 
 
@@ -65,7 +73,8 @@ def check_range(name: str, value: float, low: float, high: float) -> None:
 
 
 class Translator:
-    """Loads a checkpoint directory and translates batches of sentences.
+    """Loads a model directory (ferry checkpoint or Hugging Face Marian/OPUS-MT directory) and
+    translates batches of sentences. ``dtype``: float32 (default), float16/bfloat16 (GPU) or int8 (CPU).
 
     >>> t = Translator("models/en-de", device="cpu")        # doctest: +SKIP
     >>> t.translate_batch(["A man is riding a bicycle."])[0].text  # doctest: +SKIP
@@ -81,7 +90,10 @@ class Translator:
         self.path = Path(path)
         self.device = resolve_device(device)
         self.dtype = resolve_dtype(dtype, self.device)
-        model, tokenizer, info = load_checkpoint(self.path, device=self.device, dtype=self.dtype)
+        self.quantized = dtype == INT8
+        """True when Linear weights are int8 (``dtype="int8"``); ``self.dtype`` is then the float32
+        of activations and embeddings."""
+        model, tokenizer, info = load_model(self.path, device=self.device, dtype=INT8 if self.quantized else self.dtype)
         self.model: Transformer = model
         self.tokenizer: Tokenizer = tokenizer
         self.info: CheckpointInfo = info
@@ -93,6 +105,7 @@ class Translator:
         self.path = Path(".")
         param = next(model.parameters())
         self.device, self.dtype = param.device, param.dtype
+        self.quantized = False
         self.model, self.tokenizer, self.info = model.eval(), tokenizer, info or CheckpointInfo()
         return self
 
@@ -120,6 +133,19 @@ class Translator:
         if copies > 1:
             cache.select_rows(torch.arange(len(rows), device=self.device).repeat_interleave(copies))
         return cache
+
+    def new_searcher(self, beam_size: int, *, length_penalty: float = 1.0, n_best: int = 1) -> Searcher:
+        """An empty searcher for this model's special ids (greedy for beam 1)."""
+        cfg = self.model.cfg
+        return make_searcher(
+            beam_size,
+            eos_id=cfg.eos_id,
+            start_id=cfg.decoder_start_id,
+            banned_ids=self.banned_ids(),
+            length_penalty=length_penalty,
+            n_best=n_best,
+            device=self.device,
+        )
 
     def banned_ids(self) -> list[int]:
         cfg = self.model.cfg
@@ -171,7 +197,7 @@ class Translator:
             chunk = todo[start : start + max_batch_size]
             hyps = self._search([ids[i] for i in chunk], beam_size, max_length, length_penalty, num_hypotheses)
             for i, nbest in zip(chunk, hyps):
-                results[i] = self._result(nbest, len(ids[i]), return_scores)
+                results[i] = self.make_result(nbest, len(ids[i]), return_scores)
         return [r for r in results if r is not None]
 
     def _search(
@@ -182,22 +208,14 @@ class Translator:
         length_penalty: float,
         n_best: int,
     ) -> list[list[Hypothesis]]:
-        cfg = self.model.cfg
-        searcher = make_searcher(
-            beam_size,
-            eos_id=cfg.eos_id,
-            start_id=cfg.decoder_start_id,
-            banned_ids=self.banned_ids(),
-            length_penalty=length_penalty,
-            n_best=n_best,
-            device=self.device,
-        )
+        searcher = self.new_searcher(beam_size, length_penalty=length_penalty, n_best=n_best)
         cache = self.encode_ids(rows, copies=searcher.rows_per_seq)
         limits = [self.output_limit(len(r), max_length) for r in rows]
         found = run_search(self.model, cache, searcher, list(range(len(rows))), limits)
         return [found[i] for i in range(len(rows))]
 
-    def _result(self, nbest: list[Hypothesis], input_tokens: int, return_scores: bool) -> TranslationResult:
+    def make_result(self, nbest: list[Hypothesis], input_tokens: int, return_scores: bool) -> TranslationResult:
+        """Detokenise a sentence's n-best list into a ``TranslationResult``."""
         texts = [self.tokenizer.decode_target(h.tokens) for h in nbest]
         best = nbest[0]
         return TranslationResult(

@@ -352,7 +352,7 @@ class Engine:
             req = f.sentence.request
             if req.done:
                 continue
-            result = self.translator._result(f.hypotheses, len(f.sentence.ids), req.options.return_scores)
+            result = self.translator.make_result(f.hypotheses, len(f.sentence.ids), req.options.return_scores)
             req.results[f.sentence.index] = result
             req.remaining -= 1
             self._bump(output_tokens=result.output_tokens)

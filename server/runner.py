@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 
 import torch
 from ferry.model.cache import DecoderCache
-from ferry.model.search import Hypothesis, Searcher, make_searcher
+from ferry.model.search import Hypothesis, Searcher
 from ferry.model.translator import Translator
 
 from .requests import LaneKey, Sentence
@@ -130,15 +130,8 @@ class ModelRunner:
         return failures
 
     def _new_lane(self, key: LaneKey) -> Lane:
-        cfg = self.model.cfg
-        searcher = make_searcher(
-            key.beam_size,
-            eos_id=cfg.eos_id,
-            start_id=cfg.decoder_start_id,
-            banned_ids=self.translator.banned_ids(),
-            length_penalty=key.length_penalty,
-            n_best=key.num_hypotheses,
-            device=self.translator.device,
+        searcher = self.translator.new_searcher(
+            key.beam_size, length_penalty=key.length_penalty, n_best=key.num_hypotheses
         )
         return Lane(key, searcher)
 

@@ -1,13 +1,181 @@
-"""``ferry serve``: placeholder until its issue lands."""
+"""``ferry serve``: the gRPC translation server. Every flag defaults to a FERRY_* environment
+variable (containers configure by env), then to the value shown in ``--help``."""
 
 from __future__ import annotations
 
 import argparse
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+
+LOG_LEVELS = ("debug", "info", "warning", "error")
+_RECORD_FIELDS = set(logging.makeLogRecord({}).__dict__) | {"message", "asctime"}
+
+
+def _env(name: str, default: str | None) -> str | None:
+    return os.environ.get(name, default)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    pass
+    p.add_argument(
+        "--model",
+        action="append",
+        metavar="DIR",
+        help="model directory, repeatable (one per language pair); env FERRY_MODEL (comma-separated); "
+        "default: the shipped model",
+    )
+    p.add_argument("--host", default=_env("FERRY_HOST", "0.0.0.0"), help="address to listen on (FERRY_HOST)")
+    p.add_argument("--port", type=int, default=_env("FERRY_PORT", "50051"), help="gRPC port, 0 = any free (FERRY_PORT)")
+    p.add_argument(
+        "--metrics-port",
+        type=int,
+        default=_env("FERRY_METRICS_PORT", "9090"),
+        help="Prometheus /metrics HTTP port, 0 = off (FERRY_METRICS_PORT)",
+    )
+    p.add_argument("--device", default=_env("FERRY_DEVICE", "auto"), help="auto, cpu or cuda (FERRY_DEVICE)")
+    p.add_argument("--dtype", default=_env("FERRY_DTYPE", None), help="float32, float16 or bfloat16 (FERRY_DTYPE)")
+    p.add_argument(
+        "--max-batch-tokens",
+        type=int,
+        default=_env("FERRY_MAX_BATCH_TOKENS", "8192"),
+        help="token budget of the running batch (FERRY_MAX_BATCH_TOKENS)",
+    )
+    p.add_argument(
+        "--max-batch-rows",
+        type=int,
+        default=_env("FERRY_MAX_BATCH_ROWS", "128"),
+        help="most decoder rows in the running batch (FERRY_MAX_BATCH_ROWS)",
+    )
+    p.add_argument(
+        "--max-queue",
+        type=int,
+        default=_env("FERRY_MAX_QUEUE", "4096"),
+        help="most sentences waiting per model; more gets RESOURCE_EXHAUSTED (FERRY_MAX_QUEUE)",
+    )
+    p.add_argument(
+        "--max-input-tokens",
+        type=int,
+        default=_env("FERRY_MAX_INPUT_TOKENS", None),
+        help="most source tokens per text (FERRY_MAX_INPUT_TOKENS); default: the model's limit",
+    )
+    p.add_argument(
+        "--max-texts", type=int, default=_env("FERRY_MAX_TEXTS", "1024"), help="texts per request (FERRY_MAX_TEXTS)"
+    )
+    p.add_argument(
+        "--max-text-chars",
+        type=int,
+        default=_env("FERRY_MAX_TEXT_CHARS", "10000"),
+        help="characters per text (FERRY_MAX_TEXT_CHARS)",
+    )
+    p.add_argument(
+        "--max-message-bytes",
+        type=int,
+        default=_env("FERRY_MAX_MESSAGE_BYTES", str(16 * 1024 * 1024)),
+        help="largest request message; larger gets RESOURCE_EXHAUSTED (FERRY_MAX_MESSAGE_BYTES)",
+    )
+    p.add_argument(
+        "--drain-timeout",
+        type=float,
+        default=_env("FERRY_DRAIN_TIMEOUT", "20"),
+        help="seconds accepted requests get to finish on SIGTERM (FERRY_DRAIN_TIMEOUT)",
+    )
+    p.add_argument("--tls-cert", default=_env("FERRY_TLS_CERT", None), help="PEM certificate chain (FERRY_TLS_CERT)")
+    p.add_argument("--tls-key", default=_env("FERRY_TLS_KEY", None), help="PEM private key (FERRY_TLS_KEY)")
+    p.add_argument(
+        "--auth-token",
+        default=_env("FERRY_AUTH_TOKEN", None),
+        help="require 'authorization: Bearer TOKEN' metadata (FERRY_AUTH_TOKEN; prefer the env var)",
+    )
+    p.add_argument(
+        "--log-level",
+        choices=LOG_LEVELS,
+        default=_env("FERRY_LOG_LEVEL", None),
+        help="log level (FERRY_LOG_LEVEL); default warning, or as -v sets it",
+    )
+    p.add_argument(
+        "--log-json",
+        action="store_true",
+        default=os.environ.get("FERRY_LOG_JSON", "").lower() in ("1", "true", "yes"),
+        help="one JSON object per log line (FERRY_LOG_JSON=1)",
+    )
+
+
+class JsonFormatter(logging.Formatter):
+    """``{"ts", "level", "logger", "message", ...extra fields}`` per line."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry = {
+            "ts": self.formatTime(record, "%Y-%m-%dT%H:%M:%S"),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        entry.update({k: v for k, v in record.__dict__.items() if k not in _RECORD_FIELDS})
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        return json.dumps(entry, default=str)
+
+
+def configure_logging(level: str | None, as_json: bool) -> None:
+    root = logging.getLogger()
+    if level:
+        root.setLevel(level.upper())
+    if as_json:
+        for handler in root.handlers:
+            handler.setFormatter(JsonFormatter())
+
+
+def model_dirs(args: argparse.Namespace) -> list[Path]:
+    from ferry import default_model_dir
+
+    if args.model:
+        return [Path(m) for m in args.model]
+    env = os.environ.get("FERRY_MODEL", "")
+    if env.strip():
+        return [Path(m.strip()) for m in env.split(",") if m.strip()]
+    default = default_model_dir()
+    if not default.is_dir():
+        raise FileNotFoundError(f"no --model given and the default model {default} does not exist; pass --model DIR")
+    return [default]
 
 
 def run(args: argparse.Namespace) -> int:
-    raise SystemExit("ferry serve: not available yet")
+    import asyncio
+
+    from ferry.server.app import FerryServer, ServerConfig, serve
+    from ferry.server.engine import EngineConfig
+    from ferry.server.registry import ModelRegistry
+    from ferry.server.servicer import RequestLimits
+
+    configure_logging(args.log_level, args.log_json)
+    config = ServerConfig(
+        host=args.host,
+        port=args.port,
+        metrics_port=args.metrics_port,
+        limits=RequestLimits(
+            max_texts=args.max_texts, max_text_chars=args.max_text_chars, max_message_bytes=args.max_message_bytes
+        ),
+        drain_timeout=args.drain_timeout,
+        tls_cert=args.tls_cert,
+        tls_key=args.tls_key,
+        auth_token=args.auth_token or None,
+    )
+    engine_config = EngineConfig(
+        max_batch_tokens=args.max_batch_tokens,
+        max_batch_rows=args.max_batch_rows,
+        max_queue_sentences=args.max_queue,
+        max_input_tokens=args.max_input_tokens,
+    )
+    registry = ModelRegistry.load(model_dirs(args), device=args.device, dtype=args.dtype, config=engine_config)
+    pairs = ", ".join(m.pair for m in registry)
+
+    def ready(server: FerryServer) -> None:
+        if server.metrics_port:
+            print(f"ferry metrics on http://{args.host}:{server.metrics_port}/metrics", file=sys.stderr)
+        print(f"ferry serving {pairs} on {args.host}:{server.port}", file=sys.stderr, flush=True)
+
+    finished = asyncio.run(serve(registry, config, ready))
+    print(f"ferry stopped ({'drained' if finished else 'drain timeout: some calls were cancelled'})", file=sys.stderr)
+    return 0

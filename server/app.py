@@ -1,0 +1,280 @@
+"""The gRPC server process: translation service, health, reflection, TLS, token auth, metrics,
+signals and graceful drain.
+
+Shutdown (SIGTERM/SIGINT or ``FerryServer.shutdown``): health turns NOT_SERVING and new calls get
+UNAVAILABLE (retryable) at once, while every call accepted before runs to completion within the
+drain timeout; open streams answer the batches they accepted, then end with UNAVAILABLE. Then the
+gRPC server and the engines stop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import logging
+import signal
+import threading
+from collections.abc import Awaitable, Callable, Coroutine
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import grpc
+from ferry.proto.v1 import translation_pb2 as pb
+from ferry.proto.v1 import translation_pb2_grpc as pb_grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1.health import aio as health_aio
+from grpc_reflection.v1alpha import reflection
+
+from .metrics import Metrics
+from .registry import ModelRegistry
+from .servicer import RequestLimits, TranslationServicer
+
+log = logging.getLogger("ferry.server")
+T = TypeVar("T")
+
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["TranslationService"].full_name
+HEALTH_SERVICE_NAME = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
+UNAUTHENTICATED_METHODS = (f"/{HEALTH_SERVICE_NAME}/",)
+"""Health probes (kubelet, load balancers) carry no token."""
+
+
+@dataclass
+class ServerConfig:
+    host: str = "0.0.0.0"
+    port: int = 50051
+    """0 picks a free port (``FerryServer.start`` returns it)."""
+    metrics_port: int = 0
+    """HTTP port for Prometheus ``/metrics``; 0 = off."""
+    limits: RequestLimits = field(default_factory=RequestLimits)
+    drain_timeout: float = 20.0
+    """Seconds accepted calls get to finish after SIGTERM."""
+    tls_cert: str | Path | None = None
+    tls_key: str | Path | None = None
+    auth_token: str | None = None
+    """Clients must send ``authorization: Bearer <token>`` metadata (health checks excepted)."""
+
+    def __post_init__(self) -> None:
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("TLS needs both --tls-cert and --tls-key (PEM files); give both or neither")
+        if self.drain_timeout < 0:
+            raise ValueError(f"drain_timeout={self.drain_timeout} is out of range; allowed: >= 0 seconds")
+
+
+class BearerAuthInterceptor(grpc.aio.ServerInterceptor):
+    """Refuses calls without the right ``authorization: Bearer <token>`` with UNAUTHENTICATED."""
+
+    def __init__(self, token: str) -> None:
+        if not token:
+            raise ValueError("the auth token is empty; pass a non-empty token or none")
+        self._expected = f"Bearer {token}".encode()
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(details)
+        if handler is None or details.method.startswith(UNAUTHENTICATED_METHODS):
+            return handler
+        metadata = {key: value for key, value in (details.invocation_metadata or ())}
+        sent = metadata.get("authorization")
+        if isinstance(sent, str) and hmac.compare_digest(sent.encode(), self._expected):
+            return handler
+        message = (
+            "missing credentials: send metadata 'authorization: Bearer <token>'"
+            if sent is None
+            else "invalid bearer token in 'authorization' metadata"
+        )
+
+        async def deny(request: Any, context: grpc.aio.ServicerContext) -> None:
+            await context.abort(grpc.StatusCode.UNAUTHENTICATED, message)
+
+        make = {
+            (False, False): grpc.unary_unary_rpc_method_handler,
+            (False, True): grpc.unary_stream_rpc_method_handler,
+            (True, False): grpc.stream_unary_rpc_method_handler,
+            (True, True): grpc.stream_stream_rpc_method_handler,
+        }[(handler.request_streaming, handler.response_streaming)]
+        return make(
+            deny, request_deserializer=handler.request_deserializer, response_serializer=handler.response_serializer
+        )
+
+
+def _read(path: str | Path, what: str) -> bytes:
+    try:
+        return Path(path).read_bytes()
+    except OSError as exc:
+        raise FileNotFoundError(f"cannot read the TLS {what} {path}: {exc.strerror}") from exc
+
+
+class FerryServer:
+    """One grpc.aio server over a ``ModelRegistry``; create, ``start`` and ``shutdown`` it on one loop."""
+
+    def __init__(self, registry: ModelRegistry, config: ServerConfig | None = None) -> None:
+        if not len(registry):
+            raise ValueError("no models to serve; pass at least one --model directory")
+        self.registry = registry
+        self.config = config or ServerConfig()
+        self.port = 0
+        self.metrics_port = 0
+        self.metrics = Metrics(registry)
+        self.servicer = TranslationServicer(registry, self.config.limits, self.metrics)
+        self.health = health_aio.HealthServicer()
+        self._server: grpc.aio.Server | None = None
+        self._shutdown: asyncio.Task[bool] | None = None
+
+    async def start(self) -> int:
+        """Bind, start the engines and serve; returns the bound port."""
+        cfg = self.config
+        limit = cfg.limits.max_message_bytes
+        server = grpc.aio.server(
+            interceptors=[BearerAuthInterceptor(cfg.auth_token)] if cfg.auth_token else None,
+            options=[
+                ("grpc.max_receive_message_length", limit),
+                ("grpc.max_send_message_length", max(limit, 64 * 1024 * 1024)),
+                ("grpc.so_reuseport", 0),  # a busy port is an error, not a shared one
+            ],
+        )
+        pb_grpc.add_TranslationServiceServicer_to_server(self.servicer, server)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
+        reflection.enable_server_reflection((SERVICE_NAME, HEALTH_SERVICE_NAME, reflection.SERVICE_NAME), server)
+        address = f"[{cfg.host}]:{cfg.port}" if ":" in cfg.host else f"{cfg.host}:{cfg.port}"
+        try:
+            if cfg.tls_cert is not None and cfg.tls_key is not None:
+                creds = grpc.ssl_server_credentials([(_read(cfg.tls_key, "key"), _read(cfg.tls_cert, "certificate"))])
+                self.port = server.add_secure_port(address, creds)
+            else:
+                self.port = server.add_insecure_port(address)
+        except RuntimeError as exc:
+            raise ValueError(f"cannot listen on {address}: {exc}; is the port in use?") from exc
+        self.registry.start()
+        await server.start()
+        self._server = server
+        for name in ("", SERVICE_NAME):
+            await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        if cfg.metrics_port:
+            self.metrics_port = self.metrics.serve(cfg.metrics_port, cfg.host)
+        log.info("serving %s on %s:%d", self.registry.served(), cfg.host, self.port)
+        return self.port
+
+    def shutdown(self, drain_timeout: float | None = None) -> asyncio.Task[bool]:
+        """Begin the graceful shutdown (idempotent); await the task for whether every accepted
+        call finished in time."""
+        if self._shutdown is None:
+            grace = self.config.drain_timeout if drain_timeout is None else drain_timeout
+            self._shutdown = asyncio.ensure_future(self._drain(grace))
+        return self._shutdown
+
+    async def stop_admitting(self) -> None:
+        """Health NOT_SERVING, new calls UNAVAILABLE; accepted calls go on (idempotent)."""
+        self.servicer.begin_drain()
+        await self.health.enter_graceful_shutdown()
+
+    async def _drain(self, grace: float) -> bool:
+        await self.stop_admitting()
+        log.info("draining: %d calls in flight, up to %.1fs", self.servicer.inflight, grace)
+        finished = await self.servicer.wait_idle(grace)
+        if not finished:
+            log.warning("drain timeout: %d calls still in flight are cancelled", self.servicer.inflight)
+        if self._server is not None:
+            await self._server.stop(grace=0.5 if finished else 0)
+        await asyncio.get_running_loop().run_in_executor(None, self.registry.stop)
+        self.metrics.close()
+        self.servicer.close()
+        log.info("stopped")
+        return finished
+
+    async def wait(self) -> bool:
+        """Until a shutdown has completed."""
+        while self._shutdown is None:
+            await asyncio.sleep(0.1)
+        return await self._shutdown
+
+
+async def serve(
+    registry: ModelRegistry,
+    config: ServerConfig,
+    on_ready: Callable[[FerryServer], None] | None = None,
+) -> bool:
+    """Run until SIGTERM or SIGINT, then drain; True when every accepted call finished."""
+    server = FerryServer(registry, config)
+    await server.start()
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    if on_ready is not None:
+        on_ready(server)
+    await stop.wait()
+    log.info("signal received: shutting down")
+    return await server.shutdown()
+
+
+class ServerThread:
+    """A ``FerryServer`` on its own event-loop thread, for tests, notebooks and benchmarks.
+
+    >>> with ServerThread(registry, ServerConfig(port=0)) as server:     # doctest: +SKIP
+    ...     TranslationClient(f"127.0.0.1:{server.port}")
+    """
+
+    def __init__(self, registry: ModelRegistry, config: ServerConfig | None = None) -> None:
+        self._registry = registry
+        self._config = config or ServerConfig(host="127.0.0.1", port=0)
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self.loop.run_forever, name="ferry-grpc", daemon=True)
+        self.server: FerryServer | None = None
+        self.port = 0
+        self._finished: bool | None = None
+
+    def run(self, coro: Coroutine[Any, Any, T], timeout: float | None = 60.0) -> T:
+        """Run a coroutine on the server's loop and wait for its result."""
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+    def start(self) -> int:
+        self._thread.start()
+
+        async def make() -> FerryServer:
+            return FerryServer(self._registry, self._config)
+
+        self.server = self.run(make())
+        self.port = self.run(self.server.start())
+        return self.port
+
+    def begin_shutdown(self, drain_timeout: float | None = None) -> None:
+        """Start draining without waiting (health turns NOT_SERVING before this returns)."""
+        assert self.server is not None
+        server = self.server
+
+        async def begin() -> None:
+            await server.stop_admitting()
+            server.shutdown(drain_timeout)
+
+        self.run(begin())
+
+    def stop(self, drain_timeout: float | None = None) -> bool:
+        """Drain and stop the server, then its loop; True when every accepted call finished.
+        Idempotent."""
+        if self._finished is not None:
+            return self._finished
+        finished = True
+        if self.server is not None:
+            server = self.server
+
+            async def stop() -> bool:
+                return await server.shutdown(drain_timeout)
+
+            finished = self.run(stop(), timeout=None)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(10)
+        if not self.loop.is_running():
+            self.loop.close()
+        self._finished = finished
+        return finished
+
+    def __enter__(self) -> ServerThread:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
