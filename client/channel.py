@@ -96,7 +96,10 @@ def open_channel(
         ("grpc.max_receive_message_length", max_message_bytes),
     ]
     if load_balancing:
-        opts.append(("grpc.service_config", json.dumps({"loadBalancingConfig": [{load_balancing: {}}]})))
+        # healthCheckConfig: the channel watches each backend's grpc.health.v1 status and stops
+        # routing to a replica as soon as it reports NOT_SERVING (draining), before it goes away.
+        config = {"loadBalancingConfig": [{load_balancing: {}}], "healthCheckConfig": {"serviceName": ""}}
+        opts.append(("grpc.service_config", json.dumps(config)))
     if server_name:
         opts.append(("grpc.ssl_target_name_override", server_name))
     opts.extend(options)

@@ -216,7 +216,11 @@ class TranslationClient:
                 return method(request, timeout=remaining, metadata=self.metadata)
             except grpc.RpcError as err:
                 error = FerryError.from_rpc_error(err)
-            delay = next(delays, None) if error.retryable else None
+            # This blocking call never cancels itself, so CANCELLED can only come from a server that
+            # stopped while the call was arriving (gRPC core reports that race as CANCELLED, not
+            # UNAVAILABLE): as safe to retry as UNAVAILABLE.
+            retry = error.retryable or error.code == grpc.StatusCode.CANCELLED
+            delay = next(delays, None) if retry else None
             if delay is None or (deadline is not None and time.monotonic() + delay >= deadline):
                 raise error
             time.sleep(delay)

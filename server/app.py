@@ -178,6 +178,10 @@ class FerryServer:
         if not finished:
             log.warning("drain timeout: %d calls still in flight are cancelled", self.servicer.inflight)
         if self._server is not None:
+            if finished:
+                # Let load balancers see NOT_SERVING and move new calls elsewhere before the
+                # listener closes (a call racing the close would fail with CANCELLED).
+                await asyncio.sleep(min(1.0, grace))
             await self._server.stop(grace=0.5 if finished else 0)
         await asyncio.get_running_loop().run_in_executor(None, self.registry.stop)
         self.metrics.close()
