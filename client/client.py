@@ -127,19 +127,17 @@ class TranslationClient:
     ) -> list[Translation]:
         """Translate ``texts`` (results in input order). Options left as None take the server's
         defaults (beam 4, length penalty 1.0, one hypothesis)."""
-        request = pb.TranslateRequest(
-            texts=_check_texts(texts),
-            source_language=source_language,
-            target_language=target_language,
-            model_id=model_id,
-            options=decoding_options(
-                beam_size=beam_size,
-                max_length=max_length,
-                length_penalty=length_penalty,
-                num_hypotheses=num_hypotheses,
-                return_scores=return_scores,
-            ),
+        request = _request(
+            source_language,
+            target_language,
+            model_id,
+            beam_size,
+            max_length,
+            length_penalty,
+            num_hypotheses,
+            return_scores,
         )
+        request.texts.extend(_check_texts(texts))
         response = self._call(self.stub.Translate, request, timeout)
         return translations_from_proto(response, with_scores=return_scores)
 
@@ -171,17 +169,15 @@ class TranslationClient:
             raise ValueError(f"max_in_flight={max_in_flight} is out of range; allowed: >= 1")
         if isinstance(texts, str | bytes):
             raise TypeError("texts must be an iterable of strings, not a single string")
-        template = pb.TranslateRequest(
-            source_language=source_language,
-            target_language=target_language,
-            model_id=model_id,
-            options=decoding_options(
-                beam_size=beam_size,
-                max_length=max_length,
-                length_penalty=length_penalty,
-                num_hypotheses=num_hypotheses,
-                return_scores=return_scores,
-            ),
+        template = _request(
+            source_language,
+            target_language,
+            model_id,
+            beam_size,
+            max_length,
+            length_penalty,
+            num_hypotheses,
+            return_scores,
         )
         job = StreamJob(
             self.stub.TranslateStream,
@@ -224,3 +220,28 @@ class TranslationClient:
             if delay is None or (deadline is not None and time.monotonic() + delay >= deadline):
                 raise error
             time.sleep(delay)
+
+
+def _request(
+    source_language: str,
+    target_language: str,
+    model_id: str,
+    beam_size: int | None,
+    max_length: int | None,
+    length_penalty: float | None,
+    num_hypotheses: int | None,
+    return_scores: bool,
+) -> pb.TranslateRequest:
+    """A request without texts: the routing and decoding options shared by unary and stream calls."""
+    return pb.TranslateRequest(
+        source_language=source_language,
+        target_language=target_language,
+        model_id=model_id,
+        options=decoding_options(
+            beam_size=beam_size,
+            max_length=max_length,
+            length_penalty=length_penalty,
+            num_hypotheses=num_hypotheses,
+            return_scores=return_scores,
+        ),
+    )
