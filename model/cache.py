@@ -81,16 +81,28 @@ class DecoderCache:
                 new[:, :, :cap] = old
                 bufs[layer] = new
 
-    def write(self, layer: int, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    def write(self, layer: int, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor, Tensor | None]:
         """Store one step's K/V (R, Hkv, 1, D) at each row's position and return the filled
-        prefix of this layer's buffers plus the key mask: (R, Hkv, T, D) ×2, (R, 1, 1, T)."""
-        rows = torch.arange(self.num_rows, device=k.device)
-        self.self_k[layer][rows, :, self.lengths] = k[:, :, 0]
-        self.self_v[layer][rows, :, self.lengths] = v[:, :, 0]
+        prefix of this layer's buffers plus the key mask: (R, Hkv, T, D) ×2, (R, 1, 1, T), or
+        ``None`` when every row is at the same position (nothing to mask)."""
         t = self.max_length + 1
-        positions = torch.arange(t, device=k.device)
-        mask = (positions[None, :] <= self.lengths[:, None])[:, None, None, :]  # (R, 1, 1, T)
+        if self.uniform:  # every row at the same position (offline decoding): a slice, no mask needed
+            self.self_k[layer][:, :, t - 1] = k[:, :, 0]
+            self.self_v[layer][:, :, t - 1] = v[:, :, 0]
+            mask: Tensor | None = None
+        else:
+            rows = torch.arange(self.num_rows, device=k.device)
+            self.self_k[layer][rows, :, self.lengths] = k[:, :, 0]
+            self.self_v[layer][rows, :, self.lengths] = v[:, :, 0]
+            positions = torch.arange(t, device=k.device)
+            mask = (positions[None, :] <= self.lengths[:, None])[:, None, None, :]  # (R, 1, 1, T)
         return self.self_k[layer][:, :, :t], self.self_v[layer][:, :, :t], mask
+
+    @property
+    def uniform(self) -> bool:
+        """All rows hold the same number of positions (host-side check, no device sync)."""
+        lengths = self.lengths_host
+        return not lengths or lengths.count(lengths[0]) == len(lengths)
 
     def cross_mask(self) -> Tensor:
         """(R, 1, 1, S_max) bool, True on real source tokens."""
@@ -130,13 +142,9 @@ class DecoderCache:
         idx = indices.tolist()
         self.lengths = self.lengths.index_select(0, indices)
         self.lengths_host = [self.lengths_host[i] for i in idx]
-        t = self.max_length
         for bufs in (self.self_k, self.self_v):
             for layer, buf in enumerate(bufs):
-                new = buf.new_zeros(len(idx), buf.shape[1], buf.shape[2], buf.shape[3])  # (R', Hkv, T_cap, D)
-                if t:
-                    new[:, :, :t] = buf[indices, :, :t]
-                bufs[layer] = new
+                bufs[layer] = buf.index_select(0, indices)  # (R', Hkv, T_cap, D), one copy
 
     def extend(self, other: DecoderCache) -> None:
         """Append ``other``'s rows after this cache's rows (new requests join a running batch)."""

@@ -173,9 +173,11 @@ class BeamSearcher(_SearcherBase):
     """Batched beam search, ``beam_size`` rows per sequence.
 
     Each step ranks the ``2 * beam_size`` best continuations of each sequence; those ending in EOS
-    within the top ``beam_size`` become finished hypotheses, the best non-EOS ones stay live.
-    A sequence is done when it has ``beam_size`` finished hypotheses and no live beam can still beat
-    the worst of them (estimated at the current length), or at its maximum length.
+    within the top ``beam_size`` become finished hypotheses (only the ``beam_size`` best are kept),
+    the best non-EOS ones stay live. A sequence is done when it has ``beam_size`` finished hypotheses
+    and no live beam can still beat the worst of them (estimated at the current length), or at its
+    maximum length. These are the rules of transformers' ``generate`` (``early_stopping=False``), so
+    both return the same tokens on the same weights.
     """
 
     def __init__(self, beam_size: int, **kwargs: object) -> None:
@@ -220,6 +222,9 @@ class BeamSearcher(_SearcherBase):
                     rows.append(si * k + beam)
                     toks.append(tok)
                     sums.append(score)
+            if len(seq.finished) > k:  # keep the k best, as transformers does: the stopping rule compares
+                seq.finished.sort(key=lambda h: h.score, reverse=True)  # live beams with the k-th best
+                del seq.finished[k:]
             if self._is_done(seq, sums, length):
                 if seq.steps >= seq.max_length or len(seq.finished) < self.n_best:
                     for beam_tokens, s in zip(new_beams, sums):

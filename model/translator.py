@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import torch
 
@@ -93,7 +94,8 @@ class Translator:
         self.quantized = dtype == INT8
         """True when Linear weights are int8 (``dtype="int8"``); ``self.dtype`` is then the float32
         of activations and embeddings."""
-        model, tokenizer, info = load_model(self.path, device=self.device, dtype=INT8 if self.quantized else self.dtype)
+        weights: torch.dtype | Literal["int8"] = "int8" if self.quantized else self.dtype
+        model, tokenizer, info = load_model(self.path, device=self.device, dtype=weights)
         self.model: Transformer = model
         self.tokenizer: Tokenizer = tokenizer
         self.info: CheckpointInfo = info
