@@ -139,6 +139,11 @@ class ModelRegistry:
         registry = cls()
         for path in paths:
             translator = load_translator(path, device=device, dtype=dtype)
+            if dtype == "int8":
+                log.warning(
+                    "int8 quantizes activations per batch: a sentence's result can depend on what it is "
+                    "batched with (docs/serving.md); use float32 where that matters"
+                )
             model = ServedModel.from_translator(translator, Engine(translator, config))
             registry.add(model)
             log.info("loaded %s from %s on %s/%s", model.describe(), path, model.device, model.dtype)

@@ -35,7 +35,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="Prometheus /metrics HTTP port, 0 = off (FERRY_METRICS_PORT)",
     )
     p.add_argument("--device", default=_env("FERRY_DEVICE", "auto"), help="auto, cpu or cuda (FERRY_DEVICE)")
-    p.add_argument("--dtype", default=_env("FERRY_DTYPE", None), help="float32, float16 or bfloat16 (FERRY_DTYPE)")
+    p.add_argument(
+        "--dtype",
+        default=_env("FERRY_DTYPE", None),
+        help="float32, float16 or bfloat16 (GPU), int8 (CPU; not batch-invariant) (FERRY_DTYPE)",
+    )
     p.add_argument(
         "--max-batch-tokens",
         type=int,

@@ -22,9 +22,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("-i", "--input", help="input file (default stdin)")
     p.add_argument("-o", "--output", help="output file (default stdout)")
     p.add_argument("--scores", action="store_true", help="prefix each line with its score and a tab")
-    p.add_argument(
-        "--timeout", type=float, default=60.0, help="seconds without any answer before giving up (--server)"
-    )
+    p.add_argument("--timeout", type=float, default=60.0, help="seconds without any answer before giving up (--server)")
     p.add_argument("--token", help="bearer token for the server (or FERRY_TOKEN)")
     p.add_argument("--tls-ca", help="CA certificate file: connect with TLS (--server)")
 
