@@ -16,10 +16,14 @@ from torch import Tensor
 class DecoderCache:
     """Per-layer K/V for ``R`` decoder rows.
 
-    Shapes: ``self_k[l]``/``self_v[l]``: (R, Hkv, T_cap, D); ``cross_k[l]``/``cross_v[l]``:
-    (R, Hkv, S_max, D); ``lengths``: (R,) tokens already in the self-attention cache;
-    ``src_lengths``: (R,) real source tokens (the rest of S_max is padding).
-    Host-side mirrors of the lengths avoid device syncs in the decode loop.
+    Shapes (views): ``self_k[l]``/``self_v[l]``: (R, Hkv, T_cap, D); ``cross_k[l]``/``cross_v[l]``:
+    (R, Hkv, S, D) with S the longest source still present; ``lengths``: (R,) tokens already in the
+    self-attention cache; ``src_lengths``: (R,) real source tokens (the rest of S is padding).
+
+    The views are the first R rows of base buffers that keep spare rows: rows that join are copied
+    into the spare rows (the running rows are not copied), and reorders/drops move only the rows
+    whose position changes. Positions a row has not written hold zeros or stale finite values, which
+    the attention masks exclude. Host-side mirrors of the lengths avoid device syncs in the loop.
     """
 
     def __init__(
@@ -34,15 +38,24 @@ class DecoderCache:
         if len(cross_k) != len(cross_v):
             raise ValueError("cross_k and cross_v need one tensor per layer each")
         ref = cross_k[0]
-        rows, kv_heads, _, head_dim = ref.shape
-        self.cross_k = cross_k
-        self.cross_v = cross_v
+        rows, kv_heads, src_width, head_dim = ref.shape
+        self._cross_k = list(cross_k)  # bases: (R_cap, Hkv, S_cap, D)
+        self._cross_v = list(cross_v)
+        self._self_k = [ref.new_zeros(rows, kv_heads, capacity, head_dim) for _ in cross_k]  # (R_cap, Hkv, T_cap, D)
+        self._self_v = [ref.new_zeros(rows, kv_heads, capacity, head_dim) for _ in cross_k]
         self.src_lengths = src_lengths
-        self.self_k = [ref.new_zeros(rows, kv_heads, capacity, head_dim) for _ in cross_k]
-        self.self_v = [ref.new_zeros(rows, kv_heads, capacity, head_dim) for _ in cross_k]
+        self.src_lengths_host = list(src_lengths_host) if src_lengths_host is not None else src_lengths.tolist()
         self.lengths = torch.zeros(rows, dtype=torch.long, device=ref.device)
         self.lengths_host = [0] * rows
-        self.src_lengths_host = list(src_lengths_host) if src_lengths_host is not None else src_lengths.tolist()
+        self._src_width = src_width
+        self._refresh_views()
+
+    def _refresh_views(self) -> None:
+        r, s = self.num_rows, self._src_width
+        self.self_k = [b[:r] for b in self._self_k]
+        self.self_v = [b[:r] for b in self._self_v]
+        self.cross_k = [b[:r, :, :s] for b in self._cross_k]
+        self.cross_v = [b[:r, :, :s] for b in self._cross_v]
 
     # ------------------------------------------------------------------ sizes
     @property
@@ -51,19 +64,25 @@ class DecoderCache:
 
     @property
     def num_layers(self) -> int:
-        return len(self.cross_k)
+        return len(self._cross_k)
 
     @property
     def capacity(self) -> int:
-        return self.self_k[0].shape[2] if self.self_k else 0
+        """Self-attention positions per row before the buffers grow."""
+        return self._self_k[0].shape[2] if self._self_k else 0
+
+    @property
+    def row_capacity(self) -> int:
+        """Rows the base buffers hold before a join must reallocate."""
+        return min(self._self_k[0].shape[0], self._cross_k[0].shape[0])
 
     @property
     def max_length(self) -> int:
         return max(self.lengths_host, default=0)
 
     def size_bytes(self) -> int:
-        """Bytes held by all K/V buffers (allocated capacity, not only the filled part)."""
-        tensors = [*self.self_k, *self.self_v, *self.cross_k, *self.cross_v]
+        """Bytes held by all K/V buffers (allocated capacity, spare rows included)."""
+        tensors = [*self._self_k, *self._self_v, *self._cross_k, *self._cross_v]
         return sum(t.numel() * t.element_size() for t in tensors)
 
     # ------------------------------------------------------------------ step
@@ -72,14 +91,22 @@ class DecoderCache:
         cap = self.capacity
         if needed <= cap:
             return
-        new_cap = max(needed, 2 * cap, 8)
-        for layer in range(self.num_layers):
-            for bufs in (self.self_k, self.self_v):
-                old = bufs[layer]
-                r, h, _, d = old.shape
-                new = old.new_zeros(r, h, new_cap, d)  # (R, Hkv, T_cap, D)
-                new[:, :, :cap] = old
-                bufs[layer] = new
+        self._reallocate(self.row_capacity, max(needed, 2 * cap, 8), self._cross_k[0].shape[2])
+
+    def _reallocate(self, rows: int, t_cap: int, s_cap: int) -> None:
+        """New base buffers of the given sizes holding the current rows' contents."""
+        r, t, s = self.num_rows, self.max_length, self._src_width
+        for bases, width, keep in (
+            (self._self_k, t_cap, t),
+            (self._self_v, t_cap, t),
+            (self._cross_k, s_cap, s),
+            (self._cross_v, s_cap, s),
+        ):
+            for layer, old in enumerate(bases):
+                new = old.new_zeros(rows, old.shape[1], width, old.shape[3])  # (R_cap, Hkv, width, D)
+                new[:r, :, :keep] = old[:r, :, :keep]
+                bases[layer] = new
+        self._refresh_views()
 
     def write(self, layer: int, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor, Tensor | None]:
         """Store one step's K/V (R, Hkv, 1, D) at each row's position and return the filled
@@ -105,9 +132,8 @@ class DecoderCache:
         return not lengths or lengths.count(lengths[0]) == len(lengths)
 
     def cross_mask(self) -> Tensor:
-        """(R, 1, 1, S_max) bool, True on real source tokens."""
-        s = self.cross_k[0].shape[2]
-        positions = torch.arange(s, device=self.src_lengths.device)
+        """(R, 1, 1, S) bool, True on real source tokens."""
+        positions = torch.arange(self._src_width, device=self.src_lengths.device)
         return (positions[None, :] < self.src_lengths[:, None])[:, None, None, :]
 
     def advance(self) -> None:
@@ -125,53 +151,65 @@ class DecoderCache:
         """
         if indices.numel() != self.num_rows:
             raise ValueError(f"reorder needs {self.num_rows} indices, got {indices.numel()}; use select_rows")
-        self._gather_self(indices)
+        idx = indices.tolist()
+        self._take(idx, indices, cross=False)
+        self.lengths = self.lengths.index_select(0, indices)
+        self.lengths_host = [self.lengths_host[i] for i in idx]
 
     def select_rows(self, indices: Tensor) -> None:
         """Keep rows ``indices`` in that order (drops finished/cancelled rows, duplicates rows)."""
-        self._gather_self(indices)
-        self.src_lengths = self.src_lengths.index_select(0, indices)
         idx = indices.tolist()
-        self.src_lengths_host = [self.src_lengths_host[i] for i in idx]
-        s = max(self.src_lengths_host, default=0)  # trim source padding no row needs any more
-        for bufs in (self.cross_k, self.cross_v):
-            for layer, t in enumerate(bufs):
-                bufs[layer] = t.index_select(0, indices)[:, :, :s]  # (R', Hkv, S', D)
-
-    def _gather_self(self, indices: Tensor) -> None:
-        idx = indices.tolist()
+        self._take(idx, indices, cross=True)
         self.lengths = self.lengths.index_select(0, indices)
         self.lengths_host = [self.lengths_host[i] for i in idx]
-        for bufs in (self.self_k, self.self_v):
-            for layer, buf in enumerate(bufs):
-                bufs[layer] = buf.index_select(0, indices)  # (R', Hkv, T_cap, D), one copy
+        self.src_lengths = self.src_lengths.index_select(0, indices)
+        self.src_lengths_host = [self.src_lengths_host[i] for i in idx]
+        self._src_width = max(self.src_lengths_host, default=0)  # no row needs the padding past it
+        self._refresh_views()
+
+    def _take(self, idx: list[int], indices: Tensor, *, cross: bool) -> None:
+        """Row ``i`` of the bases becomes old row ``idx[i]``, copying only the rows that move."""
+        groups = [(self._self_k, self.max_length), (self._self_v, self.max_length)]
+        if cross:
+            groups += [(self._cross_k, self._src_width), (self._cross_v, self._src_width)]
+        if len(idx) > self.row_capacity:  # more rows than the bases hold (beam expansion): gather anew
+            for bases, _ in groups:
+                for layer, b in enumerate(bases):
+                    bases[layer] = b.index_select(0, indices)  # (R', Hkv, width, D)
+            self._refresh_views()
+            return
+        moved = [i for i, j in enumerate(idx) if i != j]
+        if moved:
+            dst = torch.tensor(moved, device=indices.device)
+            src = indices.index_select(0, dst)
+            for bases, width in groups:
+                for b in bases:
+                    b[dst, :, :width] = b[src, :, :width]  # the right side is a copy: overlaps are safe
 
     def extend(self, other: DecoderCache) -> None:
-        """Append ``other``'s rows after this cache's rows (new requests join a running batch)."""
+        """Append ``other``'s rows after this cache's rows (new requests join a running batch).
+        The running rows stay where they are; only ``other``'s rows are copied (into spare rows,
+        reallocating with doubled row capacity when there are none left)."""
         if other.num_layers != self.num_layers:
             raise ValueError(f"cannot join caches with {other.num_layers} and {self.num_layers} layers")
-        cap = max(self.capacity, other.capacity)
-        self.ensure_capacity(cap)
-        other.ensure_capacity(cap)
-        s = max(self.cross_k[0].shape[2], other.cross_k[0].shape[2])
-        for bufs, extra, length in (
-            (self.self_k, other.self_k, cap),
-            (self.self_v, other.self_v, cap),
-            (self.cross_k, other.cross_k, s),
-            (self.cross_v, other.cross_v, s),
+        r, extra = self.num_rows, other.num_rows
+        width = max(self._src_width, other._src_width)
+        t_cap = max(self.capacity, other.capacity)
+        if r + extra > self.row_capacity or width > self._cross_k[0].shape[2] or t_cap > self.capacity:
+            rows = max(r + extra, 2 * self.row_capacity)
+            self._reallocate(rows, t_cap, max(width, self._cross_k[0].shape[2]))
+        t_other, s_other = other.max_length, other._src_width
+        for mine, theirs, keep in (
+            (self._self_k, other.self_k, t_other),
+            (self._self_v, other.self_v, t_other),
+            (self._cross_k, other.cross_k, s_other),
+            (self._cross_v, other.cross_v, s_other),
         ):
             for layer in range(self.num_layers):
-                both = [_pad_time(bufs[layer], length), _pad_time(extra[layer], length)]
-                bufs[layer] = torch.cat(both, dim=0)  # (R + R', Hkv, length, D)
+                mine[layer][r : r + extra, :, :keep] = theirs[layer][:, :, :keep]  # (R', Hkv, keep, D)
         self.lengths = torch.cat([self.lengths, other.lengths])
         self.lengths_host = self.lengths_host + other.lengths_host
         self.src_lengths = torch.cat([self.src_lengths, other.src_lengths])
         self.src_lengths_host = self.src_lengths_host + other.src_lengths_host
-
-
-def _pad_time(t: Tensor, length: int) -> Tensor:
-    """Zero-pad dim 2 of a (R, Hkv, S, D) tensor to ``length``."""
-    if t.shape[2] >= length:
-        return t
-    pad = t.new_zeros(t.shape[0], t.shape[1], length - t.shape[2], t.shape[3])
-    return torch.cat([t, pad], dim=2)
+        self._src_width = width
+        self._refresh_views()

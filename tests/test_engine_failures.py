@@ -3,7 +3,8 @@ sentences it touched; everything else gets its exact result and the engine keeps
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -58,6 +59,15 @@ def sources(tiny_pairs: list[tuple[str, str]]) -> list[str]:
     return [s for s, _ in tiny_pairs]
 
 
+@contextmanager
+def unstarted(engine: Engine) -> Iterator[Engine]:
+    """The engine without starting its worker (``with Engine(...)`` starts it at once), stopped after."""
+    try:
+        yield engine
+    finally:
+        engine.stop()
+
+
 def submit_together(engine: Engine, jobs: Sequence[tuple[str, DecodeOptions]]) -> list[RequestHandle]:
     """Queue every job before the worker starts, so they all join the first batch."""
     handles = [engine.submit([text], options) for text, options in jobs]
@@ -72,7 +82,7 @@ def test_a_sentence_that_always_fails_fails_alone(
     rows = patch_decode_step(fresh, lambda _, c: RuntimeError("kernel exploded") if bad in c.src_lengths_host else None)
     jobs = [(s, BEAM4 if i % 2 else GREEDY) for i, s in enumerate(sources[:8])]
     jobs.insert(3, (POISON, BEAM4))  # shares the beam-4 lane with four other sentences
-    with Engine(fresh) as engine:
+    with unstarted(Engine(fresh)) as engine:
         handles = submit_together(engine, jobs)
         for (text, options), h in zip(jobs, handles):
             if text == POISON:
@@ -96,7 +106,7 @@ def test_a_transient_out_of_memory_is_retried_and_nothing_fails(
         fresh, lambda call, _: torch.OutOfMemoryError("CUDA out of memory (simulated)") if call == 3 else None
     )
     jobs = [(s, GREEDY) for s in sources[:10]]
-    with Engine(fresh) as engine:
+    with unstarted(Engine(fresh)) as engine:
         handles = submit_together(engine, jobs)
         assert [h.future.result(WAIT)[0].text for h in handles] == [reference(s, GREEDY) for s, _ in jobs]
         assert engine.stats().failed_sentences == 0
@@ -116,7 +126,7 @@ def test_an_encoder_failure_fails_only_the_newcomer_that_causes_it(
     fresh.encode_ids = encode_ids
     jobs = [(s, GREEDY) for s in sources[:6]]
     jobs.append((POISON, GREEDY))
-    with Engine(fresh) as engine:
+    with unstarted(Engine(fresh)) as engine:
         handles = submit_together(engine, jobs)
         for (text, options), h in zip(jobs, handles):
             if text == POISON:
