@@ -72,6 +72,11 @@ class EngineConfig:
     ``QueueFullError`` (gRPC RESOURCE_EXHAUSTED) at once instead of waiting."""
     max_input_tokens: int | None = None
     """Most source tokens (EOS included) per text; ``None``: the model's ``max_positions``."""
+    admit_batch: int = 8
+    """While sentences are running, newcomers join once this many wait (one encoder batch for all of
+    them instead of one per arrival) or after ``admit_every_steps`` steps, whichever comes first."""
+    admit_every_steps: int = 4
+    """Most decode steps a newcomer waits for company before it joins (1 = join at the next step)."""
 
     def __post_init__(self) -> None:
         for name in ("max_batch_tokens", "max_batch_rows", "max_queue_sentences"):
@@ -151,6 +156,7 @@ class Engine:
         self.on_step: Callable[[StepEvent], None] | None = None
         """Called in the worker thread after every step (metrics); exceptions are logged, not raised."""
         self._queue = RequestQueue(config.max_queue_sentences)
+        self._waited_steps = 0
         self._scheduler = Scheduler(Budget(max_tokens=config.max_batch_tokens, max_rows=config.max_batch_rows))
         self._runner = ModelRunner(translator)
         self._thread: threading.Thread | None = None
@@ -318,7 +324,9 @@ class Engine:
         now = time.monotonic()
         t0 = time.perf_counter()
         self._purge(now)
-        self._admitting = self._scheduler.admit(self._queue, self._runner.usage())
+        if self._should_admit():
+            self._admitting = self._scheduler.admit(self._queue, self._runner.usage())
+            self._waited_steps = 0
         if self._admitting:
             self._handle_failures(self._runner.admit(self._admitting))
             self._admitting = []
@@ -330,6 +338,16 @@ class Engine:
         self._handle_failures(report.failures)
         self._publish(report, time.perf_counter() - t0)
         return True
+
+    def _should_admit(self) -> bool:
+        """Admit at once into an idle runner; otherwise gather newcomers into fewer, larger joins."""
+        waiting = len(self._queue)
+        if not waiting:
+            self._waited_steps = 0
+            return False
+        self._waited_steps += 1  # iterations since the queue became non-empty
+        cfg = self.config
+        return self._runner.empty or waiting >= cfg.admit_batch or self._waited_steps >= cfg.admit_every_steps
 
     def _purge(self, now: float) -> None:
         """Drop sentences of resolved (cancelled/failed) or expired requests, queued or running."""

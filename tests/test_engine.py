@@ -17,8 +17,9 @@ from typing import Any
 
 import pytest
 import torch
+from ferry.model.cache import DecoderCache
 from ferry.model.translator import TranslationResult, Translator
-from ferry.server.engine import Engine, EngineConfig, StepEvent
+from ferry.server.engine import Engine, EngineConfig, RequestHandle, StepEvent
 from ferry.server.requests import (
     DeadlineExceededError,
     DecodeOptions,
@@ -331,7 +332,7 @@ def test_newcomer_joins_the_running_batch_and_short_finishes_first(
     gate = Gate(fresh, at=2)
     events: list[StepEvent] = []
     finished: list[str] = []
-    with Engine(fresh) as engine:
+    with Engine(fresh, EngineConfig(admit_every_steps=1)) as engine:  # join at the very next step
         engine.on_step = events.append
         first = engine.submit([long], GREEDY)
         gate.wait_reached()  # `first` is in the middle of its second decode step
@@ -435,3 +436,44 @@ def test_a_failing_step_hook_does_not_stop_the_engine(
     with Engine(fresh) as engine:
         engine.on_step = hook
         assert engine.submit([sources[4]], GREEDY).future.result(WAIT)[0].text == reference(sources[4], GREEDY).text
+
+
+def _newcomers_join_together(
+    fresh: Translator, reference: Reference, long: str, newcomers: list[str], every: int
+) -> bool:
+    """Run ``long``; one newcomer arrives during each of decode steps 2, 3 and 4. Whether the first
+    step that ran any newcomer ran all of them."""
+    engine = Engine(fresh, EngineConfig(admit_batch=8, admit_every_steps=every))
+    events: list[StepEvent] = []
+    engine.on_step = events.append
+    handles: list[RequestHandle] = []
+    orig = fresh.model.decode_step
+    calls = [0]
+
+    def step(tokens: torch.Tensor, cache: DecoderCache) -> torch.Tensor:
+        calls[0] += 1
+        if 2 <= calls[0] <= 4:
+            handles.append(engine.submit([newcomers[calls[0] - 2]], GREEDY))
+        return orig(tokens, cache)
+
+    fresh.model.decode_step = step  # type: ignore[method-assign]
+    try:
+        with engine:
+            first = engine.submit([long], GREEDY)
+            assert_same(first.future.result(WAIT)[0], reference(long, GREEDY))
+            for h, s in zip(handles, newcomers):
+                assert_same(h.future.result(WAIT)[0], reference(s, GREEDY))
+    finally:
+        fresh.model.decode_step = orig  # type: ignore[method-assign]
+    ids = {h.id for h in handles}
+    first_seen = next(e for e in events if ids & e.request_ids)
+    return ids <= first_seen.request_ids
+
+
+def test_newcomers_arriving_apart_join_together(fresh: Translator, reference: Reference, sources: list[str]) -> None:
+    """While a batch runs, arrivals at different steps are gathered into one join (one encoder batch);
+    with ``admit_every_steps=1`` each joins at the step after it arrived."""
+    long, _ = by_words(sources)
+    newcomers = [s for s in sources[:8] if s != long][:3]
+    assert _newcomers_join_together(fresh, reference, long, newcomers, every=3)
+    assert not _newcomers_join_together(fresh, reference, long, newcomers, every=1)
