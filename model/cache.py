@@ -48,6 +48,8 @@ class DecoderCache:
         self.lengths = torch.zeros(rows, dtype=torch.long, device=ref.device)
         self.lengths_host = [0] * rows
         self._src_width = src_width
+        self._step_len = 0
+        self._step_rows: Tensor | None = None  # set by begin_step()
         self._refresh_views()
 
     def _refresh_views(self) -> None:
@@ -108,22 +110,33 @@ class DecoderCache:
                 bases[layer] = new
         self._refresh_views()
 
-    def write(self, layer: int, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor, Tensor | None]:
-        """Store one step's K/V (R, Hkv, 1, D) at each row's position and return the filled
-        prefix of this layer's buffers plus the key mask: (R, Hkv, T, D) ×2, (R, 1, 1, T), or
-        ``None`` when every row is at the same position (nothing to mask)."""
+    def begin_step(self) -> tuple[Tensor | None, Tensor]:
+        """Once per decode step, before the layers write: makes room for one more position and
+        returns the self-attention key mask ((R, 1, 1, T) bool, or ``None`` when every row is at the
+        same position, so nothing needs masking) and the cross-attention mask ((R, 1, 1, S))."""
         t = self.max_length + 1
-        if self.uniform:  # every row at the same position (offline decoding): a slice, no mask needed
-            self.self_k[layer][:, :, t - 1] = k[:, :, 0]
-            self.self_v[layer][:, :, t - 1] = v[:, :, 0]
+        self.ensure_capacity(t)
+        self._step_len = t
+        if self.uniform:  # offline decoding: every row writes position t - 1, a plain slice store
+            self._step_rows = None
             mask: Tensor | None = None
         else:
-            rows = torch.arange(self.num_rows, device=k.device)
-            self.self_k[layer][rows, :, self.lengths] = k[:, :, 0]
-            self.self_v[layer][rows, :, self.lengths] = v[:, :, 0]
-            positions = torch.arange(t, device=k.device)
+            self._step_rows = torch.arange(self.num_rows, device=self.lengths.device)
+            positions = torch.arange(t, device=self.lengths.device)
             mask = (positions[None, :] <= self.lengths[:, None])[:, None, None, :]  # (R, 1, 1, T)
-        return self.self_k[layer][:, :, :t], self.self_v[layer][:, :, :t], mask
+        return mask, self.cross_mask()
+
+    def write(self, layer: int, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+        """Store one step's K/V (R, Hkv, 1, D) at each row's position (after ``begin_step``) and
+        return the filled prefix of this layer's buffers: (R, Hkv, T, D) ×2."""
+        t = self._step_len
+        if self._step_rows is None:
+            self.self_k[layer][:, :, t - 1] = k[:, :, 0]
+            self.self_v[layer][:, :, t - 1] = v[:, :, 0]
+        else:
+            self.self_k[layer][self._step_rows, :, self.lengths] = k[:, :, 0]
+            self.self_v[layer][self._step_rows, :, self.lengths] = v[:, :, 0]
+        return self.self_k[layer][:, :, :t], self.self_v[layer][:, :, :t]
 
     @property
     def uniform(self) -> bool:

@@ -70,13 +70,14 @@ class DecoderLayer(nn.Module):
         x = self.cross_attn_res(x, lambda h: self.cross_attn(h, memory, mask=memory_mask))
         return self.ffn_res(x, self.ffn)
 
-    def step(self, x: Tensor, cache: DecoderCache, layer: int, cross_mask: Tensor) -> Tensor:
-        """One decoding position per row: x (R, 1, d). Writes this position's K/V into ``cache``."""
+    def step(self, x: Tensor, cache: DecoderCache, layer: int, self_mask: Tensor | None, cross_mask: Tensor) -> Tensor:
+        """One decoding position per row: x (R, 1, d). Writes this position's K/V into ``cache``;
+        the masks come from ``cache.begin_step()``, built once per step for all layers."""
 
         def self_block(h: Tensor) -> Tensor:
             k_new, v_new = self.self_attn.project_kv(h)  # (R, Hkv, 1, D) each
-            k, v, mask = cache.write(layer, k_new, v_new)
-            return self.self_attn.attend(self.self_attn.project_q(h), k, v, mask=mask)
+            k, v = cache.write(layer, k_new, v_new)
+            return self.self_attn.attend(self.self_attn.project_q(h), k, v, mask=self_mask)
 
         def cross_block(h: Tensor) -> Tensor:
             q = self.cross_attn.project_q(h)  # (R, H, 1, D)

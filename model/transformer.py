@@ -107,12 +107,11 @@ class Transformer(nn.Module):
         start = cache.max_length
         if start >= self.cfg.max_positions:
             raise ValueError(f"decoding past max_positions={self.cfg.max_positions}; lower max_length")
-        cache.ensure_capacity(start + 1)
+        self_mask, cross_mask = cache.begin_step()
         x = self.tgt_embed(tokens[:, None]) * self.embed_scale  # (R, 1, d)
         x = x + self.tgt_positions(cache.lengths)[:, None, :]  # (R, 1, d)
-        cross_mask = cache.cross_mask()
         for i, layer in enumerate(self._decoder()):
-            x = layer.step(x, cache, i, cross_mask)
+            x = layer.step(x, cache, i, self_mask, cross_mask)
         cache.advance()
         return self._logits(self.decoder_norm(x))[:, 0]  # (R, V)
 

@@ -43,7 +43,7 @@ def resolve_device(device: str | torch.device) -> torch.device:
     try:
         dev = torch.device(device)
     except RuntimeError:
-        dev = torch.device("meta")
+        raise ValueError(f"device={str(device)!r} is not supported; use 'cpu', 'cuda' or 'auto'") from None
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ValueError("device='cuda' but no CUDA GPU is available; use device='cpu' or 'auto'")
     if dev.type not in ("cpu", "cuda"):
