@@ -287,6 +287,16 @@ def make_searcher(
     return BeamSearcher(beam_size, **common)
 
 
+def apply_step(out: StepOutput, state: StepState) -> None:
+    """Make the decoder state's rows follow the searcher's after a step."""
+    if out.rows is None:
+        return
+    if out.dropped:
+        state.select_rows(out.rows)
+    else:
+        state.reorder(out.rows)
+
+
 def run_search(
     model: StepModel,
     state: StepState,
@@ -306,10 +316,7 @@ def run_search(
         logits = model.decode_step(tokens, state)
         out = searcher.step(logits)
         results.update(out.finished)
-        if out.rows is not None and searcher.num_rows:
-            if out.dropped:
-                state.select_rows(out.rows)
-            else:
-                state.reorder(out.rows)
+        if searcher.num_rows:
+            apply_step(out, state)
         tokens = out.tokens
     return results

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 
 import torch
 from ferry.model.cache import DecoderCache
-from ferry.model.search import Hypothesis, Searcher
+from ferry.model.search import Hypothesis, Searcher, apply_step
 from ferry.model.translator import Translator
 
 from .requests import LaneKey, Sentence
@@ -193,13 +193,8 @@ class ModelRunner:
             if not lane.sentences:
                 del self.lanes[key]
                 continue
-            if out.rows is None:
-                continue
             try:
-                if out.dropped:
-                    cache.select_rows(out.rows)
-                else:
-                    cache.reorder(out.rows)
+                apply_step(out, cache)
             except Exception as e:
                 report.failures.append(self._failed(list(lane.sentences.values()), e, "select"))
                 del self.lanes[key]
