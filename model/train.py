@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
-from .checkpoint import CheckpointInfo, save_checkpoint
+from .checkpoint import CheckpointInfo, load_checkpoint, save_checkpoint
 from .config import PRESETS, TransformerConfig
 from .data import Batch, iterate_batches, make_batch, read_parallel, token_batches
 from .evaluate import score
@@ -91,6 +91,9 @@ class TrainConfig:
     """``auto``, ``cpu`` or ``cuda``; mixed precision (bfloat16 autocast) on GPU."""
     threads: int = 0
     """CPU threads for torch (0 = torch's default)."""
+    init_from: str = ""
+    """Warm start: a ferry model directory whose weights and SentencePiece model the run starts from
+    (its architecture replaces ``preset``; the optimizer starts fresh). Empty = random initialisation."""
 
     def save(self, path: Path) -> None:
         path.write_text(json.dumps(dataclasses.asdict(self), indent=2) + "\n")
@@ -158,6 +161,8 @@ class Trainer:
 
         src, tgt = read_parallel(cfg.train_src, cfg.train_tgt)
         spm_path = self.out / "spm.model"
+        if cfg.init_from and not spm_path.exists():
+            shutil.copyfile(Path(cfg.init_from) / "spm.model", spm_path)
         if not spm_path.exists():
             log.info("training SentencePiece (vocab %d) on %d pairs", cfg.vocab_size, len(src))
             train_sentencepiece([*src, *tgt], self.out / "spm", vocab_size=cfg.vocab_size)
@@ -179,8 +184,13 @@ class Trainer:
 
         torch.manual_seed(cfg.seed)
         vocab = self.tokenizer.source_vocab_size
-        self.model_cfg: TransformerConfig = PRESETS[cfg.preset](vocab)
-        self.model = Transformer(self.model_cfg).to(self.device)
+        if cfg.init_from:
+            init_model, _, _ = load_checkpoint(cfg.init_from, device="cpu", dtype=torch.float32)
+            self.model_cfg: TransformerConfig = init_model.cfg
+            self.model = init_model.train().to(self.device)
+        else:
+            self.model_cfg = PRESETS[cfg.preset](vocab)
+            self.model = Transformer(self.model_cfg).to(self.device)
         self.opt = torch.optim.AdamW(
             self.model.parameters(), lr=cfg.lr, betas=(0.9, 0.98), eps=1e-9, weight_decay=cfg.weight_decay
         )

@@ -33,6 +33,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--weights-dtype", default="float16", choices=["float16", "float32"])
     p.add_argument("--device", default="auto")
+    p.add_argument("--init-from", default="", help="warm start from this model directory (weights + spm.model)")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = default)")
 
 
