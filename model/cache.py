@@ -34,6 +34,8 @@ class DecoderCache:
         *,
         capacity: int,
         src_lengths_host: list[int] | None = None,
+        max_rows: int | None = None,
+        max_positions: int | None = None,
     ) -> None:
         if len(cross_k) != len(cross_v):
             raise ValueError("cross_k and cross_v need one tensor per layer each")
@@ -50,6 +52,11 @@ class DecoderCache:
         self._src_width = src_width
         self._step_len = 0
         self._step_rows: Tensor | None = None  # set by begin_step()
+        self.max_rows = max_rows
+        """Most rows the base buffers grow to in one go (the serving batch limit); None = no bound
+        beyond twice the rows in use."""
+        self.max_positions = max_positions
+        """Most self-attention positions the buffers grow to (the model's decoding limit)."""
         self._refresh_views()
 
     def _refresh_views(self) -> None:
@@ -88,12 +95,40 @@ class DecoderCache:
         return sum(t.numel() * t.element_size() for t in tensors)
 
     # ------------------------------------------------------------------ step
+    @property
+    def source_capacity(self) -> int:
+        """Source positions the cross-attention buffers hold before a join must reallocate."""
+        return self._cross_k[0].shape[2] if self._cross_k else 0
+
     def ensure_capacity(self, needed: int) -> None:
-        """Grow the self-attention buffers (doubling) so that ``needed`` positions fit."""
+        """Grow the self-attention buffers (doubling, up to ``max_positions``) so that ``needed`` fit."""
         cap = self.capacity
         if needed <= cap:
             return
-        self._reallocate(self.row_capacity, max(needed, 2 * cap, 8), self._cross_k[0].shape[2])
+        grown = max(needed, 2 * cap, 8)
+        if self.max_positions is not None:
+            grown = max(needed, min(grown, self.max_positions))
+        self._reallocate(self.row_capacity, grown, self.source_capacity)
+
+    def _grown_rows(self, needed: int) -> int:
+        """Row capacity for ``needed`` rows: the current one if it fits, else doubled (amortised
+        joins) but never past ``max_rows`` unless ``needed`` itself is larger."""
+        cap = self.row_capacity
+        if needed <= cap:
+            return cap
+        grown = max(needed, 2 * cap)
+        return max(needed, min(grown, self.max_rows)) if self.max_rows is not None else grown
+
+    def _shrink_if_oversized(self) -> None:
+        """Give memory back once load drops: when the buffers hold more than 8× what the live rows
+        need, reallocate them to 2× that need (the hysteresis keeps joins from thrashing)."""
+        need_r = max(self.num_rows, 1)
+        need_t = max(self.max_length + 1, 8)
+        need_s = max(self._src_width, 1)
+        cap_r, cap_t, cap_s = self.row_capacity, self.capacity, self.source_capacity
+        if cap_r * (cap_t + cap_s) <= 8 * need_r * (need_t + need_s):
+            return
+        self._reallocate(min(cap_r, 2 * need_r), min(cap_t, 2 * need_t), min(cap_s, 2 * need_s))
 
     def _reallocate(self, rows: int, t_cap: int, s_cap: int) -> None:
         """New base buffers of the given sizes holding the current rows' contents."""
@@ -179,6 +214,7 @@ class DecoderCache:
         self.src_lengths_host = [self.src_lengths_host[i] for i in idx]
         self._src_width = max(self.src_lengths_host, default=0)  # no row needs the padding past it
         self._refresh_views()
+        self._shrink_if_oversized()
 
     def _take(self, idx: list[int], indices: Tensor, *, cross: bool) -> None:
         """Row ``i`` of the bases becomes old row ``idx[i]``, copying only the rows that move."""
@@ -201,16 +237,17 @@ class DecoderCache:
 
     def extend(self, other: DecoderCache) -> None:
         """Append ``other``'s rows after this cache's rows (new requests join a running batch).
-        The running rows stay where they are; only ``other``'s rows are copied (into spare rows,
-        reallocating with doubled row capacity when there are none left)."""
+        The running rows stay where they are; only ``other``'s rows are copied (into spare rows).
+        Capacity follows need: rows grow (doubling, bounded by ``max_rows``) only when the rows do not
+        fit; a wider source or a longer prefix reallocates at the current row capacity."""
         if other.num_layers != self.num_layers:
             raise ValueError(f"cannot join caches with {other.num_layers} and {self.num_layers} layers")
         r, extra = self.num_rows, other.num_rows
         width = max(self._src_width, other._src_width)
-        t_cap = max(self.capacity, other.capacity)
-        if r + extra > self.row_capacity or width > self._cross_k[0].shape[2] or t_cap > self.capacity:
-            rows = max(r + extra, 2 * self.row_capacity)
-            self._reallocate(rows, t_cap, max(width, self._cross_k[0].shape[2]))
+        t_cap = max(self.capacity, other.max_length + 1)
+        rows = self._grown_rows(r + extra)
+        if rows > self.row_capacity or width > self.source_capacity or t_cap > self.capacity:
+            self._reallocate(rows, t_cap, max(width, self.source_capacity))
         t_other, s_other = other.max_length, other._src_width
         for mine, theirs, keep in (
             (self._self_k, other.self_k, t_other),

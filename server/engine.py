@@ -158,7 +158,7 @@ class Engine:
         self._queue = RequestQueue(config.max_queue_sentences)
         self._waited_steps = 0
         self._scheduler = Scheduler(Budget(max_tokens=config.max_batch_tokens, max_rows=config.max_batch_rows))
-        self._runner = ModelRunner(translator)
+        self._runner = ModelRunner(translator, max_rows=config.max_batch_rows)
         self._thread: threading.Thread | None = None
         self._stopping = threading.Event()
         self._inflight = 0

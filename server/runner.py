@@ -73,9 +73,11 @@ class Lane:
 
 
 class ModelRunner:
-    def __init__(self, translator: Translator) -> None:
+    def __init__(self, translator: Translator, *, max_rows: int | None = None) -> None:
         self.translator = translator
         self.model = translator.model
+        self.max_rows = max_rows
+        """The batch row limit: no lane's cache grows past it (see ``DecoderCache.max_rows``)."""
         self.lanes: dict[LaneKey, Lane] = {}
 
     # ------------------------------------------------------------------ views
@@ -116,6 +118,8 @@ class ModelRunner:
                 continue
             try:
                 if lane.cache is None:
+                    new_cache.max_rows = self.max_rows
+                    new_cache.max_positions = self.model.cfg.max_positions
                     lane.cache = new_cache
                 else:
                     lane.cache.extend(new_cache)

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import torch
 from ferry.model import Translator
+from ferry.model.cache import DecoderCache
 from ferry.model.transformer import Transformer
 
 
@@ -73,3 +74,45 @@ def test_reorder_select_and_extend() -> None:
     assert c.num_rows == 3 and c.src_lengths_host == [1, 2, 6]
     assert c.cross_k[0].shape[2] == 6 and c.cross_mask()[:, 0, 0].sum(-1).tolist() == [1, 2, 6]
     assert c.self_k[0][:, 0, 0, 0].tolist() == [3.0, 1.0, 7.0]
+
+
+def _rows(n: int, src_len: int, prefix: int, *, layers: int = 2) -> DecoderCache:
+    cross = [torch.ones(n, 1, src_len, 2) for _ in range(layers)]
+    c = DecoderCache(cross, [x.clone() for x in cross], torch.full((n,), src_len), capacity=max(prefix, 1))
+    c.lengths += prefix
+    c.lengths_host = [prefix] * n
+    return c
+
+
+def test_greedy_joins_do_not_grow_row_capacity_without_bound() -> None:
+    """Regression (hardening issue, item 1): every join that only widened the source or the prefix
+    used to double the row capacity, so a greedy server's cache grew without bound."""
+    cache = _rows(4, 3, 1)
+    cache.max_rows = 16
+    peak_bytes = 0
+    for i in range(200):
+        cache.extend(_rows(4, 3 + i % 40, 1 + i % 30))  # ever-changing widths force reallocations
+        assert cache.row_capacity <= 16 or cache.row_capacity == cache.num_rows
+        keep = torch.arange(max(cache.num_rows - 4, 0), cache.num_rows)  # the oldest rows finish
+        cache.select_rows(keep)
+        peak_bytes = max(peak_bytes, cache.size_bytes())
+    # Bound: 16 rows × (T ≤ 2·30 + S ≤ 2·42) positions × 2 layers × K,V × 2 floats × 4 bytes, with slack.
+    assert peak_bytes <= 16 * (64 + 84) * 2 * 2 * 2 * 4
+
+
+def test_capacity_shrinks_back_when_load_drops() -> None:
+    cache = _rows(64, 100, 60)
+    big = cache.size_bytes()
+    cache.select_rows(torch.tensor([0]))  # one short row left of 64 long ones
+    assert cache.num_rows == 1
+    assert cache.size_bytes() < big / 8
+    assert cache.row_capacity == 2 and cache.capacity <= 2 * 61
+
+
+def test_extend_grows_rows_only_when_needed() -> None:
+    cache = _rows(4, 3, 1)
+    cache.select_rows(torch.tensor([0, 1]))  # 2 rows live, 4 held
+    cache.extend(_rows(2, 9, 5))  # wider and longer, but the rows fit: row capacity unchanged
+    assert cache.row_capacity == 4 and cache.source_capacity == 9 and cache.capacity >= 6
+    cache.extend(_rows(1, 2, 1))  # 5 rows: doubles
+    assert cache.row_capacity == 8
