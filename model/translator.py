@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
@@ -12,6 +11,13 @@ import torch
 from .cache import DecoderCache
 from .checkpoint import CheckpointInfo
 from .loading import load_model
+from .options import (
+    MAX_BEAM_SIZE,
+    MAX_LENGTH_EXTRA,
+    MAX_LENGTH_RATIO,
+    TranslationResult,
+    check_range,
+)
 from .search import Hypothesis, Searcher, make_searcher, run_search
 from .tokenizer import Tokenizer
 from .transformer import Transformer
@@ -19,22 +25,6 @@ from .transformer import Transformer
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 INT8 = "int8"
 """Weights-only dtype name: dynamic int8 quantization of the Linear layers (CPU only)."""
-MAX_BEAM_SIZE = 32
-MAX_LENGTH_RATIO = 2.0
-"""Default cap on output length: ``MAX_LENGTH_RATIO * source_tokens + MAX_LENGTH_EXTRA``."""
-MAX_LENGTH_EXTRA = 10
-
-
-@dataclass
-class TranslationResult:
-    """One input's translation; ``hypotheses``/``scores`` hold the n-best list (best first)."""
-
-    text: str
-    score: float | None = None
-    hypotheses: list[str] = field(default_factory=list)
-    scores: list[float] = field(default_factory=list)
-    input_tokens: int = 0
-    output_tokens: int = 0
 
 
 def resolve_device(device: str | torch.device) -> torch.device:
@@ -65,12 +55,6 @@ def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torc
     if dtype != torch.float32 and device.type != "cuda":
         raise ValueError(f"dtype={dtype} needs a GPU; on CPU use float32 or int8")
     return dtype
-
-
-def check_range(name: str, value: float, low: float, high: float) -> None:
-    """Raise ``ValueError`` naming the option and its allowed range."""
-    if isinstance(value, bool) or not low <= value <= high:
-        raise ValueError(f"{name}={value!r} is out of range; allowed: {low} <= {name} <= {high}")
 
 
 class Translator:

@@ -5,15 +5,7 @@ from __future__ import annotations
 import logging
 
 import grpc
-
-from .requests import (
-    DeadlineExceededError,
-    EngineClosedError,
-    EngineError,
-    InputTooLongError,
-    QueueFullError,
-    TranslationFailedError,
-)
+from ferry.model.options import Status, TranslationError, status_of
 
 log = logging.getLogger("ferry.server")
 
@@ -36,19 +28,14 @@ def unavailable(message: str) -> RpcFailure:
 
 
 def to_failure(exc: BaseException) -> RpcFailure:
-    """The status for an exception raised by the registry or the engine. Unexpected exceptions
-    become INTERNAL (logged with their traceback); the server keeps running."""
+    """The status for an exception raised by the registry or the engine (``status_of``, shared with
+    HTTP). Unexpected exceptions become INTERNAL (logged with their traceback); the server keeps running."""
     if isinstance(exc, RpcFailure):
         return exc
-    if isinstance(exc, InputTooLongError | ValueError):
-        return invalid(str(exc))
-    if isinstance(exc, QueueFullError):
-        return RpcFailure(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
-    if isinstance(exc, EngineClosedError):
-        return unavailable(str(exc))
-    if isinstance(exc, DeadlineExceededError):
-        return RpcFailure(grpc.StatusCode.DEADLINE_EXCEEDED, str(exc))
-    if isinstance(exc, TranslationFailedError | EngineError):
+    status = status_of(exc)
+    if status is not Status.INTERNAL:
+        return RpcFailure(getattr(grpc.StatusCode, status.grpc_name), str(exc))
+    if isinstance(exc, TranslationError):
         log.warning("translation failed: %s", exc)
         return RpcFailure(grpc.StatusCode.INTERNAL, str(exc))
     log.error("unexpected error while serving a request", exc_info=exc)

@@ -8,15 +8,12 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from ferry.model.translator import MAX_BEAM_SIZE, Translator
+from ferry.model.options import MAX_BEAM_SIZE, UnknownModelError
+from ferry.model.translator import Translator
 
 from .engine import Engine, EngineConfig
 
 log = logging.getLogger("ferry.server")
-
-
-class UnknownModelError(ValueError):
-    """No served model matches the request (gRPC INVALID_ARGUMENT; the message lists what is served)."""
 
 
 @dataclass

@@ -1,4 +1,4 @@
-"""Request and sentence objects of the serving engine, decoding options and the engine's errors.
+"""Request and sentence objects of the serving engine (options, results and errors: ``ferry.model.options``).
 
 A *request* is one ``Engine.submit`` call: a list of texts, one ``DecodeOptions`` and an optional
 deadline, answered by one ``concurrent.futures.Future``. The engine splits it into *sentences*, the
@@ -13,77 +13,30 @@ from concurrent.futures import Future, InvalidStateError
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
-from ferry.model.translator import MAX_BEAM_SIZE, TranslationResult, check_range
+from ferry.model.options import (
+    DeadlineExceededError,
+    DecodeOptions,
+    EngineClosedError,
+    EngineError,
+    InputTooLongError,
+    QueueFullError,
+    TranslationFailedError,
+    TranslationResult,
+)
 
-MAX_LENGTH_PENALTY = 10.0
-"""Upper bound of ``DecodeOptions.length_penalty`` (the same range ``Translator.translate_batch`` accepts)."""
-
-
-# ---------------------------------------------------------------------------------------------- errors
-class EngineError(Exception):
-    """Base class of every error the engine reports (synchronously or through a request's future)."""
-
-
-class QueueFullError(EngineError):
-    """The waiting queue cannot take the request's sentences now (backpressure; gRPC RESOURCE_EXHAUSTED)."""
-
-
-class EngineClosedError(EngineError):
-    """The engine is draining or stopped and admits nothing new (gRPC UNAVAILABLE: retry elsewhere/later)."""
-
-    def __init__(self, message: str = "") -> None:
-        super().__init__(message or "the engine is shutting down and accepts no new requests; retry on another server")
-
-
-class DeadlineExceededError(EngineError):
-    """The request's deadline passed before all of its sentences were translated (gRPC DEADLINE_EXCEEDED)."""
-
-
-class InputTooLongError(EngineError, ValueError):
-    """One text has more source tokens than the engine accepts (gRPC INVALID_ARGUMENT)."""
-
-    def __init__(self, index: int, tokens: int, limit: int) -> None:
-        self.index = index
-        self.tokens = tokens
-        self.limit = limit
-        super().__init__(
-            f"texts[{index}] has {tokens} tokens (end-of-sentence token included); the limit is {limit} "
-            "tokens per text; split it into shorter sentences"
-        )
-
-
-class TranslationFailedError(EngineError):
-    """The model failed on one sentence even when it ran alone (e.g. out of memory); carries the reason."""
-
-    def __init__(self, index: int, reason: str) -> None:
-        self.index = index
-        self.reason = reason
-        super().__init__(f"translating texts[{index}] failed: {reason}")
-
-
-# ---------------------------------------------------------------------------------------------- options
-@dataclass(frozen=True)
-class DecodeOptions:
-    """How one request is decoded (the arguments of ``Translator.translate_batch``)."""
-
-    beam_size: int = 4
-    """Beam width; 1 is greedy search. Each sentence takes ``beam_size`` rows of the running batch."""
-    max_length: int | None = None
-    """Most output tokens (EOS included) per sentence; ``None``: ``2 * source tokens + 10``."""
-    length_penalty: float = 1.0
-    """Hypothesis score = sum of log-probabilities / length ** length_penalty."""
-    num_hypotheses: int = 1
-    """Size of the returned n-best list (at most ``beam_size``)."""
-    return_scores: bool = False
-    """Fill ``TranslationResult.score``/``scores``."""
-
-    def validate(self, max_positions: int) -> None:
-        """Raise ``ValueError`` naming the first option out of range and its allowed range."""
-        check_range("beam_size", self.beam_size, 1, MAX_BEAM_SIZE)
-        if self.max_length is not None:
-            check_range("max_length", self.max_length, 1, max_positions)
-        check_range("length_penalty", self.length_penalty, 0.0, MAX_LENGTH_PENALTY)
-        check_range("num_hypotheses", self.num_hypotheses, 1, self.beam_size)
+__all__ = [
+    "DeadlineExceededError",
+    "DecodeOptions",
+    "EngineClosedError",
+    "EngineError",
+    "InputTooLongError",
+    "LaneKey",
+    "QueueFullError",
+    "Request",
+    "RequestHandle",
+    "Sentence",
+    "TranslationFailedError",
+]
 
 
 class LaneKey(NamedTuple):
