@@ -40,9 +40,10 @@ def is_ferry_checkpoint(path: str | Path) -> bool:
     if not cfg.is_file():
         return False
     try:
-        return json.loads(cfg.read_text()).get("format") == FORMAT
-    except json.JSONDecodeError:
-        return False
+        meta = json.loads(cfg.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return True  # broken: let load_checkpoint name the file and the problem
+    return isinstance(meta, dict) and meta.get("format") == FORMAT
 
 
 def _aliases(cfg: TransformerConfig) -> set[str]:
@@ -107,22 +108,36 @@ def load_checkpoint(
     device: torch.device | str = "cpu",
     dtype: torch.dtype = torch.float32,
 ) -> tuple[Transformer, Tokenizer, CheckpointInfo]:
-    """Load a ferry checkpoint directory onto ``device`` in ``dtype``."""
+    """Load a ferry checkpoint directory onto ``device`` in ``dtype``.
+
+    A broken directory (unreadable or invalid config.json, bad config values, a missing, corrupt or
+    truncated weights file, a missing or corrupt tokenizer) raises ``ValueError`` or
+    ``FileNotFoundError`` with a one-line ``<file>: <problem>`` message."""
     root = Path(path)
-    if not (root / CONFIG_FILE).is_file():
-        raise FileNotFoundError(f"{root} has no {CONFIG_FILE}: not a model directory")
-    meta = json.loads((root / CONFIG_FILE).read_text())
+    meta = _read_meta(root)
+    cfg_file = root / CONFIG_FILE
     if meta.get("format") != FORMAT:
-        raise ValueError(f"{root / CONFIG_FILE} is not a ferry checkpoint (format={meta.get('format')!r})")
+        raise ValueError(f"{cfg_file}: not a ferry checkpoint (format={meta.get('format')!r})")
     if meta.get("format_version", 0) > FORMAT_VERSION:
-        raise ValueError(f"{root} uses checkpoint format {meta['format_version']}; upgrade ferry to read it")
-    cfg = TransformerConfig.from_dict(meta["model"])
+        raise ValueError(f"{cfg_file}: checkpoint format {meta['format_version']} is newer; upgrade ferry to read it")
+    if not isinstance(meta.get("model"), dict):
+        raise ValueError(f"{cfg_file}: has no 'model' object with the architecture")
+    try:
+        cfg = TransformerConfig.from_dict(meta["model"])
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"{cfg_file}: {exc}") from None
     model = Transformer(cfg)
-    state = load_file(str(root / WEIGHTS_FILE))
-    missing, unexpected = model.load_state_dict(state, strict=False)
+    state = _read_weights(root / WEIGHTS_FILE)
+    try:
+        missing, unexpected = model.load_state_dict(state, strict=False)
+    except RuntimeError as exc:  # shape mismatches
+        first = str(exc).strip().splitlines()[-1].strip()
+        raise ValueError(f"{root / WEIGHTS_FILE}: tensor shapes do not match {CONFIG_FILE}: {first}") from None
     missing = [m for m in missing if m not in _aliases(cfg)]
     if missing or unexpected:
-        raise ValueError(f"{root / WEIGHTS_FILE} does not match config.json: missing={missing} unexpected={unexpected}")
+        raise ValueError(
+            f"{root / WEIGHTS_FILE}: tensors do not match {CONFIG_FILE}: missing={missing} unexpected={unexpected}"
+        )
     model.to(device=device, dtype=dtype).eval()
     tok = meta.get("tokenizer", {})
     info = CheckpointInfo(
@@ -134,8 +149,43 @@ def load_checkpoint(
         target_spm=tok.get("target", "spm.model"),
         extra=meta.get("extra", {}),
     )
-    vocab = json.loads((root / tok["vocab"]).read_text()) if tok.get("vocab") else None
-    tokenizer = Tokenizer(
-        root / info.source_spm, root / info.target_spm, vocab=vocab, eos_id=cfg.eos_id, unk_id=cfg.unk_id
-    )
+    for name in {info.source_spm, info.target_spm} | ({tok["vocab"]} if tok.get("vocab") else set()):
+        if not (root / name).is_file():
+            raise FileNotFoundError(f"{root / name}: tokenizer file missing (named in {CONFIG_FILE})")
+    try:
+        vocab = json.loads((root / tok["vocab"]).read_text()) if tok.get("vocab") else None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ValueError(f"{root / tok['vocab']}: not a readable JSON vocabulary ({exc})") from None
+    try:
+        tokenizer = Tokenizer(
+            root / info.source_spm, root / info.target_spm, vocab=vocab, eos_id=cfg.eos_id, unk_id=cfg.unk_id
+        )
+    except (OSError, RuntimeError) as exc:
+        where = root / info.source_spm if info.source_spm == info.target_spm else root
+        raise ValueError(f"{where}: not a valid SentencePiece model ({str(exc).strip()[:200]})") from None
     return model, tokenizer, info
+
+
+def _read_meta(root: Path) -> dict[str, Any]:
+    cfg_file = root / CONFIG_FILE
+    if not cfg_file.is_file():
+        raise FileNotFoundError(f"{cfg_file}: missing; {root} is not a model directory")
+    try:
+        meta = json.loads(cfg_file.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ValueError(f"{cfg_file}: not readable JSON ({exc})") from None
+    if not isinstance(meta, dict):
+        raise ValueError(f"{cfg_file}: expected a JSON object, found {type(meta).__name__}")
+    return meta
+
+
+def _read_weights(path: Path) -> dict[str, torch.Tensor]:
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: weights file missing")
+    try:
+        return load_file(str(path))
+    except Exception as exc:  # safetensors' own error type for a corrupt or truncated file
+        detail = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+        raise ValueError(
+            f"{path}: corrupt or truncated safetensors file ({detail}); copy or export the model again"
+        ) from None

@@ -108,6 +108,30 @@ class TransformerConfig:
         def bad(field: str, value: Any, allowed: str) -> ValueError:
             return ValueError(f"TransformerConfig.{field}={value!r} is invalid: {allowed}")
 
+        for name in (
+            "src_vocab_size",
+            "tgt_vocab_size",
+            "d_model",
+            "n_heads",
+            "encoder_layers",
+            "decoder_layers",
+            "ffn_dim",
+            "max_positions",
+        ):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise bad(name, value, "must be an integer >= 1")
+        if self.n_kv_heads is not None and (isinstance(self.n_kv_heads, bool) or not isinstance(self.n_kv_heads, int)):
+            raise bad("n_kv_heads", self.n_kv_heads, "must be an integer or null")
+        if not (isinstance(self.layer_norm_eps, int | float) and self.layer_norm_eps > 0):
+            raise bad("layer_norm_eps", self.layer_norm_eps, "must be a number > 0")
+        for name in ("dropout", "attention_dropout", "activation_dropout"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value < 1:
+                raise bad(name, value, "must be a number in [0, 1)")
+        for name in ("pad_id", "unk_id", "bos_id", "eos_id", "decoder_start_id"):
+            if isinstance(getattr(self, name), bool) or not isinstance(getattr(self, name), int):
+                raise bad(name, getattr(self, name), "must be an integer")
         if self.d_model % self.n_heads:
             raise bad("n_heads", self.n_heads, f"must divide d_model={self.d_model}")
         if self.kv_heads < 1 or self.n_heads % self.kv_heads:

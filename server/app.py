@@ -21,7 +21,6 @@ from typing import Any, TypeVar
 
 import grpc
 from ferry.proto.v1 import translation_pb2 as pb
-from ferry.proto.v1 import translation_pb2_grpc as pb_grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection
@@ -29,6 +28,7 @@ from grpc_reflection.v1alpha import reflection
 from .metrics import Metrics
 from .registry import ModelRegistry
 from .servicer import RequestLimits, TranslationServicer
+from .wire import service_handler
 
 log = logging.getLogger("ferry.server")
 T = TypeVar("T")
@@ -41,11 +41,14 @@ UNAUTHENTICATED_METHODS = (f"/{HEALTH_SERVICE_NAME}/",)
 
 @dataclass
 class ServerConfig:
-    host: str = "0.0.0.0"
+    host: str = "127.0.0.1"
+    """Address the gRPC port listens on; loopback unless told otherwise (containers: 0.0.0.0)."""
     port: int = 50051
     """0 picks a free port (``FerryServer.start`` returns it)."""
     metrics_port: int = 0
     """HTTP port for Prometheus ``/metrics``; 0 = off."""
+    metrics_host: str = "127.0.0.1"
+    """Address ``/metrics`` listens on; it has no auth, so loopback unless told otherwise."""
     limits: RequestLimits = field(default_factory=RequestLimits)
     drain_timeout: float = 20.0
     """Seconds accepted calls get to finish after SIGTERM."""
@@ -61,13 +64,34 @@ class ServerConfig:
             raise ValueError(f"drain_timeout={self.drain_timeout} is out of range; allowed: >= 0 seconds")
 
 
-class BearerAuthInterceptor(grpc.aio.ServerInterceptor):
-    """Refuses calls without the right ``authorization: Bearer <token>`` with UNAUTHENTICATED."""
+def read_token_file(path: str | Path) -> str:
+    """The auth token in ``path`` (surrounding whitespace and the final newline stripped)."""
+    try:
+        token = Path(path).read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ValueError(f"{path}: cannot read the auth token file: {getattr(exc, 'strerror', None) or exc}") from None
+    if not token:
+        raise ValueError(f"{path}: the auth token file is empty; write the token into it")
+    return token
 
-    def __init__(self, token: str) -> None:
+
+class BearerAuthInterceptor(grpc.aio.ServerInterceptor):
+    """Refuses calls without the right ``authorization: Bearer <token>`` with UNAUTHENTICATED.
+
+    The scheme is case-insensitive (RFC 7235). Refused calls are answered from their metadata
+    alone: their bodies are never parsed. ``on_refused(method)`` counts them."""
+
+    def __init__(self, token: str, on_refused: Callable[[str], None] | None = None) -> None:
         if not token:
             raise ValueError("the auth token is empty; pass a non-empty token or none")
-        self._expected = f"Bearer {token}".encode()
+        self._expected = token.encode()
+        self._on_refused = on_refused
+
+    def _accepts(self, sent: str | bytes | None) -> bool:
+        if not isinstance(sent, str):
+            return False
+        scheme, _, credentials = sent.strip().partition(" ")
+        return scheme.lower() == "bearer" and hmac.compare_digest(credentials.strip().encode(), self._expected)
 
     async def intercept_service(
         self,
@@ -79,7 +103,7 @@ class BearerAuthInterceptor(grpc.aio.ServerInterceptor):
             return handler
         metadata = {key: value for key, value in (details.invocation_metadata or ())}
         sent = metadata.get("authorization")
-        if isinstance(sent, str) and hmac.compare_digest(sent.encode(), self._expected):
+        if self._accepts(sent):
             return handler
         message = (
             "missing credentials: send metadata 'authorization: Bearer <token>'"
@@ -87,7 +111,11 @@ class BearerAuthInterceptor(grpc.aio.ServerInterceptor):
             else "invalid bearer token in 'authorization' metadata"
         )
 
+        method = details.method.rsplit("/", 1)[-1]
+
         async def deny(request: Any, context: grpc.aio.ServicerContext) -> None:
+            if self._on_refused is not None:
+                self._on_refused(method)
             await context.abort(grpc.StatusCode.UNAUTHENTICATED, message)
 
         make = {
@@ -96,9 +124,8 @@ class BearerAuthInterceptor(grpc.aio.ServerInterceptor):
             (True, False): grpc.stream_unary_rpc_method_handler,
             (True, True): grpc.stream_stream_rpc_method_handler,
         }[(handler.request_streaming, handler.response_streaming)]
-        return make(
-            deny, request_deserializer=handler.request_deserializer, response_serializer=handler.response_serializer
-        )
+        # No request_deserializer: the refused call's body stays bytes, unparsed.
+        return make(deny, response_serializer=handler.response_serializer)
 
 
 def _read(path: str | Path, what: str) -> bytes:
@@ -129,14 +156,14 @@ class FerryServer:
         cfg = self.config
         limit = cfg.limits.max_message_bytes
         server = grpc.aio.server(
-            interceptors=[BearerAuthInterceptor(cfg.auth_token)] if cfg.auth_token else None,
+            interceptors=[BearerAuthInterceptor(cfg.auth_token, self._refused)] if cfg.auth_token else None,
             options=[
                 ("grpc.max_receive_message_length", limit),
                 ("grpc.max_send_message_length", max(limit, 64 * 1024 * 1024)),
                 ("grpc.so_reuseport", 0),  # a busy port is an error, not a shared one
             ],
         )
-        pb_grpc.add_TranslationServiceServicer_to_server(self.servicer, server)
+        server.add_generic_rpc_handlers((service_handler(self.servicer),))
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         reflection.enable_server_reflection((SERVICE_NAME, HEALTH_SERVICE_NAME, reflection.SERVICE_NAME), server)
         address = f"[{cfg.host}]:{cfg.port}" if ":" in cfg.host else f"{cfg.host}:{cfg.port}"
@@ -154,9 +181,12 @@ class FerryServer:
         for name in ("", SERVICE_NAME):
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
         if cfg.metrics_port:
-            self.metrics_port = self.metrics.serve(cfg.metrics_port, cfg.host)
+            self.metrics_port = self.metrics.serve(cfg.metrics_port, cfg.metrics_host)
         log.info("serving %s on %s:%d", self.registry.served(), cfg.host, self.port)
         return self.port
+
+    def _refused(self, method: str) -> None:
+        self.metrics.observe(method, "UNAUTHENTICATED", 0.0)
 
     def shutdown(self, drain_timeout: float | None = None) -> asyncio.Task[bool]:
         """Begin the graceful shutdown (idempotent); await the task for whether every accepted

@@ -1,7 +1,11 @@
 """Prometheus metrics of the server and its engines, served over HTTP (``--metrics-port``).
 
-Per request: ``ferry_requests_total{method,code}``, ``ferry_request_latency_seconds{method}`` and
-``ferry_texts_total{model}``. Per engine step (``Engine.on_step``): ``ferry_batch_rows{model}`` and
+Per request: ``ferry_requests_total{method,code}`` (every finished call under its final status,
+including refused, unauthenticated and undecodable ones), ``ferry_request_latency_seconds{method}`` and
+``ferry_texts_total{model}``; per TranslateStream batch: ``ferry_stream_batches_total{code}``; request
+bodies that are not valid messages: ``ferry_undecodable_messages_total{method}``.
+
+Per engine step (``Engine.on_step``): ``ferry_batch_rows{model}`` and
 ``ferry_batch_tokens{model}`` histograms. Read from ``Engine.stats()`` at scrape time: queue depth,
 running rows/sequences, in-flight requests, decoder cache bytes, step and token counters, and
 ``ferry_output_tokens_per_second{model}`` (delivered target tokens per second since the previous scrape).
@@ -92,6 +96,15 @@ class Metrics:
             "ferry_request_latency_seconds", "RPC latency", ["method"], buckets=LATENCY_BUCKETS, registry=self.registry
         )
         self.texts = Counter("ferry_texts", "Texts translated", ["model"], registry=self.registry)
+        self.stream_batches = Counter(
+            "ferry_stream_batches", "TranslateStream batches answered, by status code", ["code"], registry=self.registry
+        )
+        self.undecodable = Counter(
+            "ferry_undecodable_messages",
+            "Request messages that were not valid protobuf, by method",
+            ["method"],
+            registry=self.registry,
+        )
         self.step_rows = Histogram(
             "ferry_batch_rows", "Decoder rows per engine step", ["model"], buckets=ROW_BUCKETS, registry=self.registry
         )
@@ -115,7 +128,7 @@ class Metrics:
         self.requests.labels(method, code).inc()
         self.latency.labels(method).observe(seconds)
 
-    def serve(self, port: int, host: str = "0.0.0.0") -> int:
+    def serve(self, port: int, host: str = "127.0.0.1") -> int:
         """Serve ``/metrics`` over HTTP on a daemon thread; returns the bound port (0 picks one)."""
         self._http, _ = start_http_server(port, host, registry=self.registry)
         return int(self._http.server_address[1])

@@ -16,6 +16,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import partial
+from typing import Any
 
 import grpc
 from ferry.model.translator import TranslationResult
@@ -26,12 +27,12 @@ from .errors import RpcFailure, invalid, to_failure, unavailable
 from .metrics import Metrics
 from .registry import ModelRegistry, ServedModel
 from .requests import DecodeOptions, QueueFullError, RequestHandle
+from .stream_flow import DRAIN, END, StreamFlow
 
 log = logging.getLogger("ferry.server")
 
 INLINE_SUBMIT_TEXTS = 16
 """Requests with more texts are tokenized on a helper thread instead of the event loop."""
-_END, _DRAIN = object(), object()
 DRAINING = "the server is shutting down and accepts no new requests; retry (another replica)"
 
 
@@ -43,11 +44,15 @@ class RequestLimits:
     max_text_chars: int = 10_000
     max_message_bytes: int = 16 * 1024 * 1024
     stream_window: int = 16
-    """Batches of one TranslateStream being translated at once; the server reads no further
-    messages until one finishes (gRPC flow control then slows the sender)."""
+    """Batches of one TranslateStream read but not yet sent back (running or waiting to be sent);
+    the server reads no further messages until the client has taken a response (gRPC flow
+    control then slows the sender)."""
+    stream_unsent_bytes: int = 4 * 1024 * 1024
+    """The server reads no further messages from a TranslateStream while this many bytes of its
+    responses wait to be sent (a client that does not read)."""
 
     def __post_init__(self) -> None:
-        for name in ("max_texts", "max_text_chars", "max_message_bytes", "stream_window"):
+        for name in ("max_texts", "max_text_chars", "max_message_bytes", "stream_window", "stream_unsent_bytes"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}={getattr(self, name)} is out of range; allowed: >= 1")
 
@@ -114,9 +119,10 @@ class TranslationServicer(pb_grpc.TranslationServiceServicer):
         self._pool.shutdown(wait=False, cancel_futures=True)
 
     @contextmanager
-    def _call(self, method: str) -> Iterator[list[str]]:
+    def _call(self, method: str, context: grpc.aio.ServicerContext | None = None) -> Iterator[list[str]]:
         """Count the call in flight (refusing it while draining) and record its status and latency.
-        The body sets ``code[0]`` to the status name when it fails."""
+        The body sets ``code[0]`` to the status name when it fails; a call cut off by gRPC counts
+        as DEADLINE_EXCEEDED when its deadline has passed, else as CANCELLED."""
         if self.draining:
             if self.metrics:
                 self.metrics.observe(method, "UNAVAILABLE", 0.0)
@@ -128,7 +134,7 @@ class TranslationServicer(pb_grpc.TranslationServiceServicer):
         try:
             yield code
         except (asyncio.CancelledError, GeneratorExit):  # client cancelled or its deadline passed
-            code[0] = "CANCELLED"
+            code[0] = "DEADLINE_EXCEEDED" if context is not None and _expired(context) else "CANCELLED"
             raise
         finally:
             self._inflight -= 1
@@ -141,7 +147,7 @@ class TranslationServicer(pb_grpc.TranslationServiceServicer):
     async def Translate(self, request: pb.TranslateRequest, context: grpc.aio.ServicerContext) -> pb.TranslateResponse:
         failure: RpcFailure | None = None
         try:
-            with self._call("Translate") as code:
+            with self._call("Translate", context) as code:
                 try:
                     response = await self._translate(request, context, wait_for_queue=False)
                     response.request_id = request.request_id
@@ -160,7 +166,7 @@ class TranslationServicer(pb_grpc.TranslationServiceServicer):
     ) -> AsyncIterator[pb.TranslateStreamResponse]:
         failure: RpcFailure | None = None
         try:
-            with self._call("TranslateStream") as code:
+            with self._call("TranslateStream", context) as code:
                 try:
                     async for item in self._stream(request_iterator, context):
                         if item is None:
@@ -283,80 +289,113 @@ class TranslationServicer(pb_grpc.TranslationServiceServicer):
     async def _stream(
         self, request_iterator: AsyncIterator[pb.TranslateRequest], context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.TranslateStreamResponse | None]:
-        """Responses as batches finish; a final None means the stream stopped reading for a drain."""
-        out: asyncio.Queue[pb.TranslateStreamResponse | None] = asyncio.Queue()
-        window = asyncio.Semaphore(self.limits.stream_window)
+        """Responses as batches finish; a final None means the stream stopped reading for a drain.
+        Flow control follows responses sent (``StreamFlow``); an unreadable message ends the call
+        at once with its status; when the call ends, every batch still running is cancelled."""
+        flow = StreamFlow(self.limits.stream_window, self.limits.stream_unsent_bytes)
         tasks: set[asyncio.Task[None]] = set()
-        drained = False
 
         async def one(request: pb.TranslateRequest, request_id: str) -> None:
             try:
                 response = await self._translate(request, context, wait_for_queue=True)
                 response.request_id = request_id
-                out.put_nowait(pb.TranslateStreamResponse(request_id=request_id, response=response))
+                item = pb.TranslateStreamResponse(request_id=request_id, response=response)
+                code = "OK"
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
                 failure = to_failure(exc)
                 error = pb.Status(code=failure.code.value[0], message=failure.message)
-                out.put_nowait(pb.TranslateStreamResponse(request_id=request_id, error=error))
-            finally:
-                window.release()
+                item = pb.TranslateStreamResponse(request_id=request_id, error=error)
+                code = failure.code.name
+            if self.metrics:
+                self.metrics.stream_batches.labels(code).inc()
+            flow.put(item)
 
         async def read() -> None:
-            nonlocal drained
             messages = aiter(request_iterator)
             position = 0
-            while True:
-                await window.acquire()
-                request = await self._next_or_drain(messages)
-                if request is _END:
-                    break
-                if request is _DRAIN:
-                    drained = True
-                    break
-                assert isinstance(request, pb.TranslateRequest)
-                request_id = request.request_id or str(position)
-                position += 1
-                task = asyncio.create_task(one(request, request_id))
-                tasks.add(task)
-                task.add_done_callback(tasks.discard)
+            try:
+                while True:
+                    await flow.admit()
+                    request = await self._next_or_drain(messages)
+                    if request is END or request is DRAIN:
+                        flow.unadmit()
+                        break
+                    assert isinstance(request, pb.TranslateRequest)
+                    request_id = request.request_id or str(position)
+                    position += 1
+                    task = asyncio.create_task(one(request, request_id))
+                    tasks.add(task)
+                    task.add_done_callback(tasks.discard)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # an undecodable message or a broken transport: end the call now
+                flow.finish(to_failure(exc))
+                return
             while tasks:
                 await asyncio.gather(*list(tasks))
-            out.put_nowait(None)
+            flow.finish(request)
 
         reader = asyncio.create_task(read())
-        try:
-            while True:
-                item = await out.get()
-                if item is None:
-                    break
-                yield item
-            await reader  # re-raise a reader failure
-            if drained:
-                yield None
-        finally:
+
+        def cancel_all(*_: object) -> None:
             reader.cancel()
             for task in list(tasks):
                 task.cancel()
 
+        context.add_done_callback(cancel_all)  # the call ended (cancel, deadline): free everything at once
+        try:
+            while True:
+                item, size = await flow.next()
+                if isinstance(item, RpcFailure):
+                    raise item
+                if item is END:
+                    return
+                if item is DRAIN:
+                    yield None
+                    return
+                assert isinstance(item, pb.TranslateStreamResponse)
+                yield item
+                flow.sent(size)  # resumed: gRPC has taken the response
+        finally:
+            cancel_all()
+
     async def _next_or_drain(self, messages: AsyncIterator[pb.TranslateRequest]) -> pb.TranslateRequest | object:
-        """The stream's next message, ``_END`` at its end or ``_DRAIN`` once the server drains."""
+        """The stream's next message, ``END`` at its end or ``DRAIN`` once the server drains.
+        Whatever happens to the caller, the read it started is finished or cancelled and its
+        outcome retrieved (a cancelled call logs nothing)."""
         if self.draining:
-            return _DRAIN
+            return DRAIN
         read = asyncio.ensure_future(anext(messages))
+        read.add_done_callback(_retrieve)
         drain = asyncio.ensure_future(self._drain_event.wait())
         try:
             await asyncio.wait({read, drain}, return_when=asyncio.FIRST_COMPLETED)
+        except BaseException:  # the call was cancelled while waiting
+            read.cancel()
+            raise
         finally:
             drain.cancel()
         if not read.done():
             read.cancel()
-            return _DRAIN
+            return DRAIN
         try:
             return read.result()
         except StopAsyncIteration:
-            return _END
+            return END
+
+
+def _expired(context: grpc.aio.ServicerContext) -> bool:
+    """Whether the call's deadline has passed."""
+    remaining = context.time_remaining()
+    return remaining is not None and remaining <= 0.001
+
+
+def _retrieve(task: asyncio.Future[Any]) -> None:
+    """Mark a finished read's exception as retrieved, so asyncio logs nothing about it."""
+    if not task.cancelled():
+        task.exception()
 
 
 def _cancel_handle(future: Future[RequestHandle] | asyncio.Future[RequestHandle]) -> None:

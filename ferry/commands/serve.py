@@ -26,13 +26,22 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="model directory, repeatable (one per language pair); env FERRY_MODEL (comma-separated); "
         "default: the shipped model",
     )
-    p.add_argument("--host", default=_env("FERRY_HOST", "0.0.0.0"), help="address to listen on (FERRY_HOST)")
+    p.add_argument(
+        "--host",
+        default=_env("FERRY_HOST", "127.0.0.1"),
+        help="address the gRPC port listens on (FERRY_HOST); 0.0.0.0 for every interface (containers)",
+    )
     p.add_argument("--port", type=int, default=_env("FERRY_PORT", "50051"), help="gRPC port, 0 = any free (FERRY_PORT)")
     p.add_argument(
         "--metrics-port",
         type=int,
         default=_env("FERRY_METRICS_PORT", "9090"),
         help="Prometheus /metrics HTTP port, 0 = off (FERRY_METRICS_PORT)",
+    )
+    p.add_argument(
+        "--metrics-host",
+        default=_env("FERRY_METRICS_HOST", "127.0.0.1"),
+        help="address /metrics listens on; it has no auth (FERRY_METRICS_HOST); 0.0.0.0 for Prometheus scrapes",
     )
     p.add_argument("--device", default=_env("FERRY_DEVICE", "auto"), help="auto, cpu or cuda (FERRY_DEVICE)")
     p.add_argument(
@@ -90,7 +99,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--auth-token",
         default=_env("FERRY_AUTH_TOKEN", None),
-        help="require 'authorization: Bearer TOKEN' metadata (FERRY_AUTH_TOKEN; prefer the env var)",
+        help="require 'authorization: Bearer TOKEN' metadata (FERRY_AUTH_TOKEN; prefer --auth-token-file)",
+    )
+    p.add_argument(
+        "--auth-token-file",
+        default=_env("FERRY_AUTH_TOKEN_FILE", None),
+        help="read the token from this file, keeping it off the command line (FERRY_AUTH_TOKEN_FILE)",
     )
     p.add_argument(
         "--log-level",
@@ -148,23 +162,27 @@ def model_dirs(args: argparse.Namespace) -> list[Path]:
 def run(args: argparse.Namespace) -> int:
     import asyncio
 
-    from ferry.server.app import FerryServer, ServerConfig, serve
+    from ferry.server.app import FerryServer, ServerConfig, read_token_file, serve
     from ferry.server.engine import EngineConfig
     from ferry.server.registry import ModelRegistry
     from ferry.server.servicer import RequestLimits
 
     configure_logging(args.log_level, args.log_json)
+    if args.auth_token and args.auth_token_file:
+        raise ValueError("give the auth token once: --auth-token (FERRY_AUTH_TOKEN) or --auth-token-file, not both")
+    auth_token = read_token_file(args.auth_token_file) if args.auth_token_file else args.auth_token or None
     config = ServerConfig(
         host=args.host,
         port=args.port,
         metrics_port=args.metrics_port,
+        metrics_host=args.metrics_host,
         limits=RequestLimits(
             max_texts=args.max_texts, max_text_chars=args.max_text_chars, max_message_bytes=args.max_message_bytes
         ),
         drain_timeout=args.drain_timeout,
         tls_cert=args.tls_cert,
         tls_key=args.tls_key,
-        auth_token=args.auth_token or None,
+        auth_token=auth_token,
     )
     engine_config = EngineConfig(
         max_batch_tokens=args.max_batch_tokens,
@@ -177,7 +195,7 @@ def run(args: argparse.Namespace) -> int:
 
     def ready(server: FerryServer) -> None:
         if server.metrics_port:
-            print(f"ferry metrics on http://{args.host}:{server.metrics_port}/metrics", file=sys.stderr)
+            print(f"ferry metrics on http://{args.metrics_host}:{server.metrics_port}/metrics", file=sys.stderr)
         print(f"ferry serving {pairs} on {args.host}:{server.port}", file=sys.stderr, flush=True)
 
     finished = asyncio.run(serve(registry, config, ready))
