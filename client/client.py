@@ -19,6 +19,8 @@ from .results import ModelInfo, Translation, translations_from_proto
 from .stream import StreamJob
 
 T = TypeVar("T")
+DEFAULT_RETRY_TIMEOUT = 10.0
+"""Seconds a call keeps retrying UNAVAILABLE by default: longer than a server restart."""
 
 
 def decoding_options(
@@ -53,8 +55,11 @@ class TranslationClient:
 
     ``target`` is ``HOST:PORT``, any gRPC target string, or several addresses (a list or a
     comma-separated string) with ``load_balancing="round_robin"`` to spread calls over replicas.
-    Calls that fail with UNAVAILABLE are retried up to ``retries`` times with exponential
-    backoff; every failure raises ``FerryError`` carrying the ``grpc.StatusCode``.
+    Calls that fail with UNAVAILABLE (server restarting, draining or unreachable) are retried with
+    exponential backoff (``backoff`` doubling up to ``max_backoff`` seconds, jittered) for up to
+    ``retry_timeout`` seconds, long enough to ride out a server restart; ``retries`` caps the number
+    of retries (None: no cap, 0: never retry). Every failure raises ``FerryError`` carrying the
+    ``grpc.StatusCode``.
 
     >>> with TranslationClient("localhost:50051") as client:        # doctest: +SKIP
     ...     client.translate(["Hello!"], "en", "de")[0].text
@@ -71,17 +76,23 @@ class TranslationClient:
         client_key: str | Path | bytes | None = None,
         server_name: str | None = None,
         token: str | None = None,
-        retries: int = 3,
+        retries: int | None = None,
+        retry_timeout: float = DEFAULT_RETRY_TIMEOUT,
         backoff: float = 0.1,
         max_backoff: float = 2.0,
         load_balancing: str | None = None,
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
         options: Sequence[tuple[str, Any]] = (),
     ) -> None:
-        if retries < 0:
-            raise ValueError(f"retries={retries} is out of range; allowed: >= 0")
+        if retries is not None and retries < 0:
+            raise ValueError(f"retries={retries} is out of range; allowed: >= 0 or None (no cap)")
+        if retry_timeout < 0:
+            raise ValueError(f"retry_timeout={retry_timeout} is out of range; allowed: >= 0 seconds")
+        if backoff <= 0 or max_backoff < backoff:
+            raise ValueError(f"backoff={backoff}, max_backoff={max_backoff}: need 0 < backoff <= max_backoff")
         self.timeout = timeout
         self.retries = retries
+        self.retry_timeout = retry_timeout
         self.backoff = backoff
         self.max_backoff = max_backoff
         self.metadata: tuple[tuple[str, str], ...] = (("authorization", f"Bearer {token}"),) if token else ()
@@ -198,9 +209,20 @@ class TranslationClient:
 
     # ------------------------------------------------------------------ retries
     def _delays(self) -> Iterator[float]:
-        """Backoff before each retry: exponential with full jitter, ``retries`` of them."""
-        for attempt in range(self.retries):
-            yield random.uniform(0.5, 1.0) * min(self.max_backoff, self.backoff * 2**attempt)
+        """Backoff before each retry: exponential with jitter, until ``retry_timeout`` seconds have
+        passed since the first failure (or ``retries`` delays were given)."""
+        start = time.monotonic()
+        attempt = 0
+        while self.retries is None or attempt < self.retries:
+            delay = random.uniform(0.5, 1.0) * min(self.max_backoff, self.backoff * 2**attempt)
+            if time.monotonic() - start + delay > self.retry_timeout:
+                # The last one lands exactly at the budget's end, so a restart that takes nearly
+                # ``retry_timeout`` seconds is still caught.
+                delay = self.retry_timeout - (time.monotonic() - start)
+                if delay <= 0:
+                    return
+            attempt += 1
+            yield delay
 
     def _call(self, method: Callable[..., T], request: object, timeout: float | None) -> T:
         budget = self.timeout if timeout is None else timeout

@@ -9,9 +9,10 @@ WARNING per minute, not gRPC's UNKNOWN with a traceback per request.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from typing import TypeVar
 
 import grpc
@@ -102,15 +103,27 @@ def service_handler(servicer: TranslationServicer) -> grpc.GenericRpcHandler:
             raise
         return await servicer.ListModels(request, context)
 
-    async def translate_stream(
-        raw_messages: AsyncIterator[bytes], context: grpc.aio.ServicerContext
-    ) -> AsyncIterator[pb.TranslateStreamResponse]:
+    async def translate_stream(raw_messages: AsyncIterator[bytes], context: grpc.aio.ServicerContext) -> None:
         async def messages() -> AsyncIterator[pb.TranslateRequest]:
             async for raw in raw_messages:
                 yield parse("TranslateStream", pb.TranslateRequest, raw)  # a failure ends the call
 
-        async for response in servicer.TranslateStream(messages(), context):
-            yield response
+        responses = servicer.TranslateStream(messages(), context)
+        try:
+            async for response in responses:
+                try:
+                    # Returns once gRPC has taken the message (the client's flow-control window
+                    # permitting): the stream's flow control counts a response as sent from here.
+                    await context.write(response)
+                except Exception as exc:
+                    if type(exc).__name__ != "ExecuteBatchError":
+                        raise
+                    # The call ended under the write (client cancelled, deadline passed): a cancel,
+                    # which gRPC logs at DEBUG, not the ERROR with a traceback it logs for this.
+                    raise asyncio.CancelledError from None
+        finally:
+            if isinstance(responses, AsyncGenerator):
+                await responses.aclose()
 
     return grpc.method_handlers_generic_handler(
         SERVICE_NAME,

@@ -9,8 +9,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from ferry.cli import build_parser, main
 from ferry.server.app import ServerConfig
+
+from ferry.cli import build_parser, main
 
 Breakage = Callable[[Path], tuple[str, str]]
 """Breaks a copy of the model directory; returns (file named in the error, words of the problem)."""
