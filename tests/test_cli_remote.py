@@ -77,9 +77,12 @@ def test_serve_flags_default_to_environment(monkeypatch: pytest.MonkeyPatch) -> 
     monkeypatch.setenv("FERRY_DRAIN_TIMEOUT", "3.5")
     monkeypatch.setenv("FERRY_AUTH_TOKEN", "secret")
     monkeypatch.setenv("FERRY_LOG_JSON", "1")
+    monkeypatch.delenv("FERRY_HOST", raising=False)
+    monkeypatch.delenv("FERRY_METRICS_HOST", raising=False)
     args = build_parser().parse_args(["serve", "--max-texts", "7"])
     assert (args.port, args.metrics_port, args.drain_timeout) == (6000, 0, 3.5)
-    assert (args.auth_token, args.log_json, args.max_texts, args.host) == ("secret", True, 7, "0.0.0.0")
+    assert (args.auth_token, args.log_json, args.max_texts) == ("secret", True, 7)
+    assert (args.host, args.metrics_host) == ("127.0.0.1", "127.0.0.1")  # loopback unless FERRY_HOST says otherwise
     assert build_parser().parse_args(["serve", "--port", "7000"]).port == 7000
 
 
