@@ -192,7 +192,7 @@ async def run_load(args: argparse.Namespace, target: str, sentences: list[str]) 
 
 def run_in_process(args: argparse.Namespace, sentences: list[str]) -> Report:
     import torch
-    from ferry.model.loading import load_translator
+    from ferry.model.translator import load_translator
 
     if args.threads:
         torch.set_num_threads(args.threads)

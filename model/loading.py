@@ -1,12 +1,13 @@
 """Open any supported model directory (format detected from its files): the one loading path behind
-``Translator(path)``, every ``--model`` option and ``ferry convert``."""
+``Translator(path)``, every ``--model`` option and ``ferry convert``. Imports nothing from
+translator.py (the Translator imports this module, not the other way round)."""
 
 from __future__ import annotations
 
 import logging
 import warnings
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import Literal, NamedTuple
 
 import torch
 from torch import nn
@@ -15,9 +16,6 @@ from .checkpoint import CheckpointInfo, is_ferry_checkpoint, load_checkpoint, sa
 from .marian import SOURCE_SPM, TARGET_SPM, is_marian_dir, load_marian, save_ctranslate2, save_marian
 from .tokenizer import Tokenizer
 from .transformer import Transformer
-
-if TYPE_CHECKING:
-    from .translator import Translator
 
 log = logging.getLogger(__name__)
 
@@ -51,12 +49,20 @@ def quantize_int8(model: Transformer) -> Transformer:
     return quantized
 
 
+class LoadedModel(NamedTuple):
+    """A model with its tokenizer and metadata, as ``load_model`` returns it."""
+
+    model: Transformer
+    tokenizer: Tokenizer
+    info: CheckpointInfo
+
+
 def load_model(
     path: str | Path,
     *,
     device: torch.device | str = "cpu",
     dtype: torch.dtype | Literal["int8"] = torch.float32,
-) -> tuple[Transformer, Tokenizer, CheckpointInfo]:
+) -> LoadedModel:
     """Load any supported directory onto ``device``; ``dtype="int8"`` quantizes float32 weights (CPU)."""
     fmt = detect_format(path)
     float_dtype = torch.float32 if dtype == "int8" else dtype
@@ -69,13 +75,7 @@ def load_model(
         if torch.device(device).type != "cpu":
             raise ValueError("dtype='int8' is CPU only; on a GPU use float16 or bfloat16")
         model = quantize_int8(model)
-    return model, tokenizer, info
-
-
-def load_translator(path: str | Path, *, device: str | torch.device = "auto", dtype: str | None = None) -> Translator:
-    from .translator import Translator
-
-    return Translator(path, device, dtype=dtype)
+    return LoadedModel(model, tokenizer, info)
 
 
 def _spm_paths(root: Path, fmt: Format, info: CheckpointInfo) -> tuple[Path, Path]:

@@ -533,8 +533,6 @@ def save_ctranslate2(hf_dir: str | Path, out_dir: str | Path, *, quantization: s
     and drops the last vocabulary entry as an unused ``<pad>``. ferry-trained models start from their
     ``decoder_start_id`` (``<s>``) and keep ``<pad>`` at id 0; fine-tuned Marian models start from a
     ``<pad>`` embedding that training (tied to the output layer) made non-zero."""
-    from ctranslate2.converters import transformers as ct2t
-
     root = Path(hf_dir)
     md = read_marian_dir(root)
     cfg = md.cfg
@@ -545,25 +543,40 @@ def save_ctranslate2(hf_dir: str | Path, out_dir: str | Path, *, quantization: s
         "model.shared.weight" if cfg.share_embeddings else "model.decoder.embed_tokens.weight"
     ]
     zero_start = cfg.decoder_start_id == cfg.pad_id and not torch.count_nonzero(embed[cfg.decoder_start_id])
-    key = "MarianConfig" if md.hf_config["model_type"] == "marian" else "PegasusConfig"
-    original = ct2t._MODEL_LOADERS[key]
     pad_last = cfg.pad_id == cfg.tgt_vocab_size - 1
-    patched = _start_token_loader(type(original), start_piece, zero_start, pad_last)
-    ct2t._MODEL_LOADERS[key] = patched
-    try:
-        converter = ct2t.TransformersConverter(str(root))
-        converter.convert(str(out_dir), quantization=quantization, force=True)
-    finally:
-        ct2t._MODEL_LOADERS[key] = original
+    marian = md.hf_config["model_type"] == "marian"
+    loader = _start_token_loader(marian, start_piece, zero_start, pad_last)
+    _converter(root, loader).convert(str(out_dir), quantization=quantization, force=True)
     return Path(out_dir)
 
 
-def _start_token_loader(base: type, start_piece: str, zero_start: bool, pad_last: bool) -> Any:
-    """A CTranslate2 loader like ``base`` whose decoder starts from ``start_piece``'s embedding, and
+def _converter(root: Path, loader: Any) -> Any:
+    """A CTranslate2 ``Converter`` (its public extension point: implement ``_load`` to return a model
+    spec) that reads the Hugging Face directory ``root`` and builds the spec with ``loader``. Nothing of
+    CTranslate2's global loader registry is touched, so conversions may run concurrently."""
+    import transformers
+    from ctranslate2.converters import Converter
+
+    class MarianDirConverter(Converter):
+        def _load(self) -> Any:
+            config = transformers.AutoConfig.from_pretrained(str(root))
+            model_class = getattr(transformers, loader.architecture_name)
+            dtype = getattr(config, "dtype", None) or getattr(config, "torch_dtype", None)
+            with torch.no_grad():
+                model = model_class.from_pretrained(str(root), config=config, dtype=dtype)
+                tokenizer = transformers.AutoTokenizer.from_pretrained(str(root))
+                return loader(model, tokenizer)
+
+    return MarianDirConverter()
+
+
+def _start_token_loader(marian: bool, start_piece: str, zero_start: bool, pad_last: bool) -> Any:
+    """A CTranslate2 loader like its Marian (or Pegasus) one whose decoder starts from ``start_piece``'s embedding, and
     that drops the last vocabulary entry only when it is Marian's appended, never-used ``<pad>``
     (last, and all zeros so the zero-embedding start is exact)."""
-    from ctranslate2.converters.transformers import BartLoader
+    from ctranslate2.converters.transformers import BartLoader, MarianMTLoader, PegasusLoader
 
+    base: type = MarianMTLoader if marian else PegasusLoader
     drop_pad = pad_last and zero_start
 
     class StartTokenLoader(base):

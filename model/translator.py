@@ -1,23 +1,28 @@
-"""The inference facade, in the style of CTranslate2's ``Translator``."""
+"""The inference facade, in the style of CTranslate2's ``Translator``; it implements the engine's
+``Backend`` protocol (model/backend.py), the only way server/ reaches a model."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Literal
 
 import torch
 
+from .backend import BackendInfo
 from .cache import DecoderCache
 from .checkpoint import CheckpointInfo
-from .loading import load_model
+from .loading import LoadedModel, load_model
 from .options import (
-    MAX_BEAM_SIZE,
-    MAX_LENGTH_EXTRA,
-    MAX_LENGTH_RATIO,
+    DecodeOptions,
+    InputTooLongError,
     TranslationResult,
+    blank_result,
     check_range,
+    check_texts,
+    is_blank,
+    output_limit,
 )
+from .pipeline import merge_results, split_texts
 from .search import Hypothesis, Searcher, make_searcher, run_search
 from .tokenizer import Tokenizer
 from .transformer import Transformer
@@ -60,6 +65,7 @@ def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torc
 class Translator:
     """Loads a model directory (ferry checkpoint or Hugging Face Marian/OPUS-MT directory) and
     translates batches of sentences. ``dtype``: float32 (default), float16/bfloat16 (GPU) or int8 (CPU).
+    ``path`` may also be an already loaded ``LoadedModel`` (see ``from_parts``).
 
     >>> t = Translator("models/en-de", device="cpu")        # doctest: +SKIP
     >>> t.translate_batch(["A man is riding a bicycle."])[0].text  # doctest: +SKIP
@@ -67,47 +73,65 @@ class Translator:
 
     def __init__(
         self,
-        path: str | Path,
+        path: str | Path | LoadedModel,
         device: str | torch.device = "auto",
         *,
         dtype: str | torch.dtype | None = None,
     ) -> None:
-        self.path = Path(path)
-        self.device = resolve_device(device)
-        self.dtype = resolve_dtype(dtype, self.device)
-        self.quantized = dtype == INT8
-        """True when Linear weights are int8 (``dtype="int8"``); ``self.dtype`` is then the float32
-        of activations and embeddings."""
-        weights: torch.dtype | Literal["int8"] = "int8" if self.quantized else self.dtype
-        model, tokenizer, info = load_model(self.path, device=self.device, dtype=weights)
-        self.model: Transformer = model
-        self.tokenizer: Tokenizer = tokenizer
-        self.info: CheckpointInfo = info
+        if isinstance(path, LoadedModel):
+            loaded, self.path = path, Path(".")
+            param = next(loaded.model.parameters())
+            self.device, self.dtype = param.device, param.dtype
+            self.quantized = False
+        else:
+            self.path = Path(path)
+            self.device = resolve_device(device)
+            self.dtype = resolve_dtype(dtype, self.device)
+            self.quantized = dtype == INT8
+            weights: torch.dtype | Literal["int8"] = "int8" if self.quantized else self.dtype
+            loaded = load_model(self.path, device=self.device, dtype=weights)
+        # quantized: Linear weights are int8 (dtype="int8"); self.dtype is then the float32 of
+        # activations and embeddings.
+        self.model: Transformer = loaded.model.eval()
+        self.tokenizer: Tokenizer = loaded.tokenizer
+        self.info: CheckpointInfo = loaded.info
 
     @classmethod
     def from_parts(cls, model: Transformer, tokenizer: Tokenizer, info: CheckpointInfo | None = None) -> Translator:
         """Wrap an in-memory model (training, tests) without a checkpoint directory."""
-        self = cls.__new__(cls)
-        self.path = Path(".")
-        param = next(model.parameters())
-        self.device, self.dtype = param.device, param.dtype
-        self.quantized = False
-        self.model, self.tokenizer, self.info = model.eval(), tokenizer, info or CheckpointInfo()
-        return self
+        return cls(LoadedModel(model, tokenizer, info or CheckpointInfo()))
 
-    # ------------------------------------------------------------------ helpers shared with the server
+    # ------------------------------------------------------------------ Backend (model/backend.py)
     @property
-    def max_input_tokens(self) -> int:
+    def max_positions(self) -> int:
         return self.model.cfg.max_positions
+
+    max_input_tokens = max_positions
+
+    @property
+    def dtype_name(self) -> str:
+        """The weights' dtype as users name it (``int8`` for a quantized model)."""
+        return INT8 if self.quantized else str(self.dtype).removeprefix("torch.")
+
+    def describe(self) -> BackendInfo:
+        info = self.info
+        return BackendInfo(
+            model_id=info.model_id or self.path.name,
+            version=info.version,
+            source_language=info.source_language.lower(),
+            target_language=info.target_language.lower(),
+            device=str(self.device),
+            dtype=self.dtype_name,
+        )
+
+    def tokenize(self, texts: Sequence[str]) -> list[list[int]]:
+        return self.tokenizer.encode_source(list(texts)) if texts else []
 
     def output_limit(self, source_tokens: int, max_length: int | None) -> int:
         """Most tokens (EOS included) one sentence may produce."""
-        limit = int(MAX_LENGTH_RATIO * source_tokens + MAX_LENGTH_EXTRA)
-        if max_length is not None:
-            limit = min(limit, max_length)
-        return max(1, min(limit, self.model.cfg.max_positions))
+        return output_limit(source_tokens, max_length, self.max_positions)
 
-    def encode_ids(self, rows: Sequence[Sequence[int]], *, copies: int = 1) -> DecoderCache:
+    def encode(self, rows: Sequence[Sequence[int]], *, copies: int = 1) -> DecoderCache:
         """Encode source id rows and return a decoder cache with ``copies`` rows per source
         (beams). Cross-attention K/V are computed once per source, then duplicated."""
         lengths = torch.tensor([len(r) for r in rows], dtype=torch.long)
@@ -119,6 +143,11 @@ class Translator:
         if copies > 1:
             cache.select_rows(torch.arange(len(rows), device=self.device).repeat_interleave(copies))
         return cache
+
+    encode_ids = encode
+
+    def decode_step(self, tokens: torch.Tensor, cache: DecoderCache) -> torch.Tensor:
+        return self.model.decode_step(tokens, cache)  # (R, V)
 
     def new_searcher(self, beam_size: int, *, length_penalty: float = 1.0, n_best: int = 1) -> Searcher:
         """An empty searcher for this model's special ids (greedy for beam 1)."""
@@ -137,69 +166,6 @@ class Translator:
         cfg = self.model.cfg
         return [cfg.pad_id, cfg.bos_id, cfg.decoder_start_id]
 
-    # ------------------------------------------------------------------ public API
-    @torch.inference_mode()
-    def translate_batch(
-        self,
-        texts: Sequence[str],
-        *,
-        beam_size: int = 4,
-        max_length: int | None = None,
-        length_penalty: float = 1.0,
-        num_hypotheses: int = 1,
-        return_scores: bool = False,
-        max_batch_size: int = 64,
-    ) -> list[TranslationResult]:
-        """Translate ``texts``; results keep input order. Inputs are sorted by length internally
-        and decoded in sub-batches of at most ``max_batch_size`` sentences."""
-        if isinstance(texts, str):
-            raise ValueError("texts must be a list of strings, not a single string")
-        check_range("beam_size", beam_size, 1, MAX_BEAM_SIZE)
-        if max_length is not None:
-            check_range("max_length", max_length, 1, self.model.cfg.max_positions)
-        check_range("length_penalty", length_penalty, 0.0, 10.0)
-        check_range("num_hypotheses", num_hypotheses, 1, beam_size)
-        check_range("max_batch_size", max_batch_size, 1, 1 << 20)
-        for i, t in enumerate(texts):
-            if not isinstance(t, str):
-                raise ValueError(f"texts[{i}] is {type(t).__name__}, expected str")
-        if not texts:
-            return []
-
-        results: list[TranslationResult | None] = [None] * len(texts)
-        ids = self.tokenizer.encode_source(texts)
-        todo = []
-        for i, text in enumerate(texts):
-            if not text.strip():
-                results[i] = TranslationResult(text="", score=0.0 if return_scores else None, input_tokens=0)
-            else:
-                todo.append(i)
-        limit = self.max_input_tokens
-        for i in todo:  # keep the final EOS when truncating over-long inputs
-            if len(ids[i]) > limit:
-                ids[i] = [*ids[i][: limit - 1], ids[i][-1]]
-        todo.sort(key=lambda i: len(ids[i]), reverse=True)
-        for start in range(0, len(todo), max_batch_size):
-            chunk = todo[start : start + max_batch_size]
-            hyps = self._search([ids[i] for i in chunk], beam_size, max_length, length_penalty, num_hypotheses)
-            for i, nbest in zip(chunk, hyps):
-                results[i] = self.make_result(nbest, len(ids[i]), return_scores)
-        return [r for r in results if r is not None]
-
-    def _search(
-        self,
-        rows: list[list[int]],
-        beam_size: int,
-        max_length: int | None,
-        length_penalty: float,
-        n_best: int,
-    ) -> list[list[Hypothesis]]:
-        searcher = self.new_searcher(beam_size, length_penalty=length_penalty, n_best=n_best)
-        cache = self.encode_ids(rows, copies=searcher.rows_per_seq)
-        limits = [self.output_limit(len(r), max_length) for r in rows]
-        found = run_search(self.model, cache, searcher, list(range(len(rows))), limits)
-        return [found[i] for i in range(len(rows))]
-
     def make_result(self, nbest: list[Hypothesis], input_tokens: int, return_scores: bool) -> TranslationResult:
         """Detokenise a sentence's n-best list into a ``TranslationResult``."""
         texts = [self.tokenizer.decode_target(h.tokens) for h in nbest]
@@ -212,3 +178,78 @@ class Translator:
             input_tokens=input_tokens,
             output_tokens=len(best.tokens),
         )
+
+    # ------------------------------------------------------------------ public API
+    def translate_batch(
+        self,
+        texts: Sequence[str],
+        *,
+        beam_size: int = DecodeOptions.beam_size,
+        max_length: int | None = DecodeOptions.max_length,
+        length_penalty: float = DecodeOptions.length_penalty,
+        num_hypotheses: int = DecodeOptions.num_hypotheses,
+        return_scores: bool = DecodeOptions.return_scores,
+        max_batch_size: int = 64,
+    ) -> list[TranslationResult]:
+        """Translate sentences; results keep input order. Inputs are sorted by length internally and
+        decoded in sub-batches of at most ``max_batch_size`` sentences. Blank texts give ``""``; a text
+        over ``max_positions`` tokens raises ``InputTooLongError`` (``ferry.model.options``)."""
+        options = DecodeOptions(
+            beam_size=beam_size,
+            max_length=max_length,
+            length_penalty=length_penalty,
+            num_hypotheses=num_hypotheses,
+            return_scores=return_scores,
+        )
+        return self._translate_sentences(texts, options, max_batch_size)
+
+    def translate(
+        self, texts: Sequence[str], options: DecodeOptions | None = None, *, max_batch_size: int = 64
+    ) -> list[TranslationResult]:
+        """Translate texts through the text stage (``ferry.text.segment``: texts → sentences, all
+        decoded together → ``reassemble``), the same path as the server's; one result per text."""
+        options = options if options is not None else DecodeOptions()
+        segmented = split_texts(check_texts(texts), options)
+        results = self._translate_sentences(segmented.sentences, options, max_batch_size)
+        return merge_results(segmented, results)
+
+    @torch.inference_mode()
+    def _translate_sentences(
+        self, texts: Sequence[str], options: DecodeOptions, max_batch_size: int
+    ) -> list[TranslationResult]:
+        texts = check_texts(texts)
+        options.validate(self.max_positions)
+        check_range("max_batch_size", max_batch_size, 1, 1 << 20)
+        if not texts:
+            return []
+        results: list[TranslationResult | None] = [None] * len(texts)
+        ids = self.tokenize(texts)
+        todo = []
+        for i, text in enumerate(texts):
+            if is_blank(text):
+                results[i] = blank_result(options)
+            elif len(ids[i]) > self.max_positions:
+                raise InputTooLongError(i, len(ids[i]), self.max_positions)
+            else:
+                todo.append(i)
+        todo.sort(key=lambda i: len(ids[i]), reverse=True)
+        for start in range(0, len(todo), max_batch_size):
+            chunk = todo[start : start + max_batch_size]
+            hyps = self._search([ids[i] for i in chunk], options)
+            for i, nbest in zip(chunk, hyps):
+                results[i] = self.make_result(nbest, len(ids[i]), options.return_scores)
+        return [r for r in results if r is not None]
+
+    def _search(self, rows: list[list[int]], options: DecodeOptions) -> list[list[Hypothesis]]:
+        searcher = self.new_searcher(
+            options.beam_size, length_penalty=options.length_penalty, n_best=options.num_hypotheses
+        )
+        cache = self.encode(rows, copies=searcher.rows_per_seq)
+        limits = [self.output_limit(len(r), options.max_length) for r in rows]
+        found = run_search(self.model, cache, searcher, list(range(len(rows))), limits)
+        return [found[i] for i in range(len(rows))]
+
+
+def load_translator(path: str | Path, *, device: str | torch.device = "auto", dtype: str | None = None) -> Translator:
+    """``Translator(path, device, dtype=dtype)``: any supported model directory."""
+    return Translator(path, device, dtype=dtype)

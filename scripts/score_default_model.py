@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 from ferry.model.evaluate import evaluate
-from ferry.model.loading import load_translator
+from ferry.model.translator import load_translator
 
 EVERYDAY = {
     "en": [

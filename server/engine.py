@@ -2,10 +2,11 @@
 
 Callers (the asyncio gRPC servicer, tests, any thread) ``submit`` requests and get a
 ``concurrent.futures.Future`` back at once; validation, tokenization and backpressure happen in the
-caller's thread and raise synchronously. The worker thread loops: drop cancelled/expired sentences,
-admit waiting sentences within the budgets (``Scheduler``), run one decode step of every lane
-(``ModelRunner``), resolve finished requests. Callers never wait on the worker except through futures,
-and the worker never waits on callers. See ``docs/serving.md``.
+caller's thread and raise synchronously. The worker thread loops: ask the ``Scheduler`` for a
+decision (``SchedulerOutput``: sentences to stop, to drop, to admit), carry it out, run one decode step
+of every lane (``ModelRunner``), resolve finished requests. The model is reached only through the
+``Backend`` protocol (model/backend.py), which ``Translator`` implements. Callers never wait on
+the worker except through futures, and the worker never waits on callers. See ``docs/serving.md``.
 """
 
 from __future__ import annotations
@@ -16,9 +17,12 @@ import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field, replace
+from functools import partial
 
 import torch
-from ferry.model.translator import TranslationResult, Translator
+from ferry.model.backend import Backend
+from ferry.model.options import TranslationResult, blank_result, check_texts, is_blank
+from ferry.model.pipeline import merge_results, split_texts
 
 from .queue import RequestQueue
 from .requests import (
@@ -34,7 +38,7 @@ from .requests import (
     TranslationFailedError,
 )
 from .runner import Failure, ModelRunner, StepReport
-from .scheduler import Budget, Scheduler
+from .scheduler import Budget, Scheduler, SchedulerOutput
 
 __all__ = [
     "DeadlineExceededError",
@@ -137,16 +141,16 @@ class StepEvent:
 
 
 class Engine:
-    """Continuous batching for one ``Translator``; one worker thread owns the model.
+    """Continuous batching for one ``Backend`` (a ``Translator``); one worker thread owns the model.
 
     >>> engine = Engine(translator); engine.start()                      # doctest: +SKIP
     >>> engine.submit(["A cat."], DecodeOptions(beam_size=1)).future.result()[0].text  # doctest: +SKIP
     """
 
-    def __init__(self, translator: Translator, config: EngineConfig | None = None) -> None:
-        self.translator = translator
+    def __init__(self, backend: Backend, config: EngineConfig | None = None) -> None:
+        self.backend = backend
         self.config = config = config if config is not None else EngineConfig()
-        model_max = translator.max_input_tokens
+        model_max = backend.max_positions
         if config.max_input_tokens is not None and config.max_input_tokens > model_max:
             raise ValueError(
                 f"EngineConfig.max_input_tokens={config.max_input_tokens} exceeds the model's "
@@ -156,9 +160,15 @@ class Engine:
         self.on_step: Callable[[StepEvent], None] | None = None
         """Called in the worker thread after every step (metrics); exceptions are logged, not raised."""
         self._queue = RequestQueue(config.max_queue_sentences)
-        self._waited_steps = 0
-        self._scheduler = Scheduler(Budget(max_tokens=config.max_batch_tokens, max_rows=config.max_batch_rows))
-        self._runner = ModelRunner(translator, max_rows=config.max_batch_rows)
+        self._scheduler = Scheduler(
+            Budget(
+                max_tokens=config.max_batch_tokens,
+                max_rows=config.max_batch_rows,
+                admit_batch=config.admit_batch,
+                admit_every_steps=config.admit_every_steps,
+            )
+        )
+        self._runner = ModelRunner(backend, max_rows=config.max_batch_rows)
         self._thread: threading.Thread | None = None
         self._stopping = threading.Event()
         self._inflight = 0
@@ -221,7 +231,7 @@ class Engine:
     # ------------------------------------------------------------------ callers
     def count_tokens(self, texts: Sequence[str]) -> list[int]:
         """Source tokens per text as the engine counts them against ``max_input_tokens`` (EOS included)."""
-        return [len(ids) for ids in self.translator.tokenizer.encode_source(list(texts))] if texts else []
+        return [len(ids) for ids in self.backend.tokenize(list(texts))]
 
     def submit(
         self,
@@ -238,33 +248,30 @@ class Engine:
         ``EngineClosedError`` synchronously. Empty (blank) texts translate to "" without model work.
         """
         options = options if options is not None else DecodeOptions()
-        if isinstance(texts, str):
-            raise ValueError("texts must be a sequence of strings, not a single string")
         if not isinstance(options, DecodeOptions):
             raise ValueError(f"options must be a DecodeOptions, got {type(options).__name__}")
-        texts = list(texts)
-        for i, t in enumerate(texts):
-            if not isinstance(t, str):
-                raise ValueError(f"texts[{i}] is {type(t).__name__}, expected str")
-        options.validate(self.translator.model.cfg.max_positions)
+        texts = check_texts(texts)
+        options.validate(self.backend.max_positions)
         if self._queue.closed:
             raise EngineClosedError()
 
-        request = Request(len(texts), options, deadline)
-        ids = self.translator.tokenizer.encode_source(texts) if texts else []
+        plan = split_texts(texts, options)
+        request = Request(
+            len(plan.sentences), options, deadline, assemble=partial(merge_results, plan), owners=plan.owners
+        )
+        ids = self.backend.tokenize(plan.sentences)
         sentences: list[Sentence] = []
-        for i, text in enumerate(texts):
-            if not text.strip():
-                request.results[i] = TranslationResult(text="", score=0.0 if options.return_scores else None)
+        for i, text in enumerate(plan.sentences):
+            if is_blank(text):
+                request.results[i] = blank_result(options)
                 continue
             n = len(ids[i])
             if n > self.max_input_tokens:
-                raise InputTooLongError(i, n, self.max_input_tokens)
-            limit = self.translator.output_limit(n, options.max_length)
-            sentences.append(Sentence(request, i, ids[i], limit))
+                raise InputTooLongError(plan.owners[i], n, self.max_input_tokens)
+            sentences.append(Sentence(request, i, ids[i], self.backend.output_limit(n, options.max_length)))
         handle = RequestHandle(request)
         if not sentences:
-            request.resolve([r for r in request.results if r is not None])
+            request.complete()
             return handle
         if request.expired(time.monotonic()):
             request.resolve(error=DeadlineExceededError("the request's deadline had passed before it was queued"))
@@ -320,16 +327,13 @@ class Engine:
         log.info("engine stopped")
 
     def _iteration(self) -> bool:
-        """Purge, admit, step once. False when there was nothing to do (the worker may sleep)."""
+        """Schedule, carry the decision out, step once. False when there was nothing to do (the worker
+        may sleep)."""
         now = time.monotonic()
         t0 = time.perf_counter()
-        self._purge(now)
-        if self._should_admit():
-            self._admitting = self._scheduler.admit(self._queue, self._runner.usage())
-            self._waited_steps = 0
-        if self._admitting:
-            self._handle_failures(self._runner.admit(self._admitting))
-            self._admitting = []
+        decision = self._scheduler.schedule(self._queue, self._runner.sentences(), now)
+        self._admitting = decision.admit
+        self._execute(decision, now)
         if self._runner.empty:
             self._publish(None, 0.0)
             return bool(len(self._queue))
@@ -339,23 +343,11 @@ class Engine:
         self._publish(report, time.perf_counter() - t0)
         return True
 
-    def _should_admit(self) -> bool:
-        """Admit at once into an idle runner; otherwise gather newcomers into fewer, larger joins."""
-        waiting = len(self._queue)
-        if not waiting:
-            self._waited_steps = 0
-            return False
-        self._waited_steps += 1  # iterations since the queue became non-empty
-        cfg = self.config
-        return self._runner.empty or waiting >= cfg.admit_batch or self._waited_steps >= cfg.admit_every_steps
-
-    def _purge(self, now: float) -> None:
-        """Drop sentences of resolved (cancelled/failed) or expired requests, queued or running."""
-        queued = self._queue.expire(now)
-        running = self._scheduler.dead(self._runner.sentences(), now)
-        if running:
-            self._handle_failures(self._runner.remove(running))
-        for s in [*queued, *running]:
+    def _execute(self, decision: SchedulerOutput, now: float) -> None:
+        """Stop what ends (failing expired requests), then encode and join the admitted sentences."""
+        if decision.stop:
+            self._handle_failures(self._runner.remove(decision.stop))
+        for s in decision.ended:
             if not s.request.done and s.request.expired(now):
                 waited = now - s.request.created
                 done = len(s.request.results) - s.request.remaining
@@ -364,18 +356,21 @@ class Engine:
                         f"deadline exceeded after {waited:.3f}s with {done} of {len(s.request.results)} texts done"
                     )
                 )
+        if decision.admit:
+            self._handle_failures(self._runner.admit(decision.admit))
+        self._admitting = []
 
     def _deliver(self, report: StepReport) -> None:
         for f in report.finished:
             req = f.sentence.request
             if req.done:
                 continue
-            result = self.translator.make_result(f.hypotheses, len(f.sentence.ids), req.options.return_scores)
+            result = self.backend.make_result(f.hypotheses, len(f.sentence.ids), req.options.return_scores)
             req.results[f.sentence.index] = result
             req.remaining -= 1
             self._bump(output_tokens=result.output_tokens)
             if req.remaining == 0:
-                req.resolve([r for r in req.results if r is not None])
+                req.complete()
 
     def _handle_failures(self, failures: list[Failure]) -> None:
         """Retry failed sentences in isolated halves; one that fails alone fails its request."""
@@ -386,7 +381,7 @@ class Engine:
             if len(live) == 1:
                 s = live[0]
                 reason = f"{type(failure.error).__name__}: {failure.error}"
-                s.request.resolve(error=TranslationFailedError(s.index, reason))
+                s.request.resolve(error=TranslationFailedError(s.request.owners[s.index], reason))
                 self._bump(failed_sentences=1)
                 continue
             half = (len(live) + 1) // 2

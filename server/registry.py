@@ -9,7 +9,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ferry.model.options import MAX_BEAM_SIZE, UnknownModelError
-from ferry.model.translator import Translator
 
 from .engine import Engine, EngineConfig
 
@@ -39,18 +38,19 @@ class ServedModel:
         return f"{self.pair} (model_id {self.model_id!r})"
 
     @classmethod
-    def from_translator(cls, translator: Translator, engine: Engine) -> ServedModel:
-        info = translator.info
+    def from_engine(cls, engine: Engine) -> ServedModel:
+        """Describe the engine's model (through ``Backend.describe``; int8 models report ``int8``)."""
+        info = engine.backend.describe()
         return cls(
-            model_id=info.model_id or translator.path.name,
+            model_id=info.model_id,
             version=info.version,
-            source_language=info.source_language.lower(),
-            target_language=info.target_language.lower(),
+            source_language=info.source_language,
+            target_language=info.target_language,
             engine=engine,
-            device=str(translator.device),
-            dtype=str(translator.dtype).removeprefix("torch."),
+            device=info.device,
+            dtype=info.dtype,
             max_input_tokens=engine.max_input_tokens,
-            max_length=translator.model.cfg.max_positions,
+            max_length=engine.backend.max_positions,
         )
 
 
@@ -131,7 +131,7 @@ class ModelRegistry:
         config: EngineConfig | None = None,
     ) -> ModelRegistry:
         """Load every model directory, each with an engine (not started yet)."""
-        from ferry.model.loading import load_translator
+        from ferry.model.translator import load_translator
 
         registry = cls()
         for path in paths:
@@ -141,7 +141,7 @@ class ModelRegistry:
                     "int8 quantizes activations per batch: a sentence's result can depend on what it is "
                     "batched with (docs/serving.md); use float32 where that matters"
                 )
-            model = ServedModel.from_translator(translator, Engine(translator, config))
+            model = ServedModel.from_engine(Engine(translator, config))
             registry.add(model)
             log.info("loaded %s from %s on %s/%s", model.describe(), path, model.device, model.dtype)
         return registry

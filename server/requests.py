@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import itertools
 import time
+from collections.abc import Callable
 from concurrent.futures import Future, InvalidStateError
 from dataclasses import dataclass, field
 from typing import NamedTuple
@@ -60,18 +61,25 @@ class Request:
 
     def __init__(
         self,
-        texts_count: int,
+        sentences_count: int,
         options: DecodeOptions,
         deadline: float | None,
+        *,
+        assemble: Callable[[list[TranslationResult]], list[TranslationResult]] | None = None,
+        owners: list[int] | None = None,
     ) -> None:
         self.id = next(_request_ids)
         self.options = options
         self.deadline = deadline
         self.created = time.monotonic()
         self.future: Future[list[TranslationResult]] = Future()
-        self.results: list[TranslationResult | None] = [None] * texts_count
+        self.results: list[TranslationResult | None] = [None] * sentences_count
+        """One per sentence of the request (``ferry.model.pipeline.split_texts``)."""
         self.remaining = 0
         """Sentences still to translate."""
+        self._assemble = assemble
+        self.owners = owners if owners is not None else list(range(sentences_count))
+        """``owners[i]``: the text sentence ``i`` belongs to (error messages name the text)."""
 
     @property
     def done(self) -> bool:
@@ -80,6 +88,11 @@ class Request:
 
     def expired(self, now: float) -> bool:
         return self.deadline is not None and now >= self.deadline
+
+    def complete(self) -> bool:
+        """Resolve with one result per text, assembled from every sentence's result."""
+        results = [r for r in self.results if r is not None]
+        return self.resolve(self._assemble(results) if self._assemble is not None else results)
 
     def resolve(self, result: list[TranslationResult] | None = None, error: BaseException | None = None) -> bool:
         """Set the future's outcome unless it is already resolved (e.g. cancelled meanwhile)."""
@@ -99,7 +112,7 @@ class Sentence:
 
     request: Request
     index: int
-    """Position in the request's texts."""
+    """Position in the request's sentences."""
     ids: list[int]
     """Source token ids, EOS included."""
     limit: int

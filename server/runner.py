@@ -18,9 +18,9 @@ from collections.abc import Hashable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 import torch
+from ferry.model.backend import Backend
 from ferry.model.cache import DecoderCache
 from ferry.model.search import Hypothesis, Searcher, apply_step
-from ferry.model.translator import Translator
 
 from .requests import LaneKey, Sentence
 from .scheduler import Usage
@@ -73,9 +73,8 @@ class Lane:
 
 
 class ModelRunner:
-    def __init__(self, translator: Translator, *, max_rows: int | None = None) -> None:
-        self.translator = translator
-        self.model = translator.model
+    def __init__(self, backend: Backend, *, max_rows: int | None = None) -> None:
+        self.backend = backend
         self.max_rows = max_rows
         """The batch row limit: no lane's cache grows past it (see ``DecoderCache.max_rows``)."""
         self.lanes: dict[LaneKey, Lane] = {}
@@ -85,12 +84,7 @@ class ModelRunner:
         return [s for lane in self.lanes.values() for s in lane.sentences.values()]
 
     def usage(self) -> Usage:
-        u = Usage()
-        for s in self.sentences():
-            u.rows += s.rows
-            u.tokens += s.cost
-            u.sequences += 1
-        return u
+        return Usage.of(self.sentences())
 
     @property
     def empty(self) -> bool:
@@ -110,7 +104,7 @@ class ModelRunner:
         for key, group in groups.items():
             lane = self.lanes.get(key) or self._new_lane(key)
             try:
-                new_cache = self.translator.encode_ids([s.ids for s in group], copies=lane.searcher.rows_per_seq)
+                new_cache = self.backend.encode([s.ids for s in group], copies=lane.searcher.rows_per_seq)
             except Exception as e:  # isolate the failure to these sentences
                 failures.append(self._failed(group, e, "encode"))
                 if not lane.sentences:
@@ -119,7 +113,7 @@ class ModelRunner:
             try:
                 if lane.cache is None:
                     new_cache.max_rows = self.max_rows
-                    new_cache.max_positions = self.model.cfg.max_positions
+                    new_cache.max_positions = self.backend.max_positions
                     lane.cache = new_cache
                 else:
                     lane.cache.extend(new_cache)
@@ -134,7 +128,7 @@ class ModelRunner:
         return failures
 
     def _new_lane(self, key: LaneKey) -> Lane:
-        searcher = self.translator.new_searcher(
+        searcher = self.backend.new_searcher(
             key.beam_size, length_penalty=key.length_penalty, n_best=key.num_hypotheses
         )
         return Lane(key, searcher)
@@ -186,7 +180,7 @@ class ModelRunner:
             report.sequences += len(lane.sentences)
             request_ids.update(s.request.id for s in lane.sentences.values())
             try:
-                logits = self.model.decode_step(lane.searcher.next_tokens, cache)  # (R, V)
+                logits = self.backend.decode_step(lane.searcher.next_tokens, cache)  # (R, V)
                 out = lane.searcher.step(logits)
             except Exception as e:  # isolate: only this lane's sentences are affected
                 report.failures.append(self._failed(list(lane.sentences.values()), e, "step"))
@@ -214,6 +208,6 @@ class ModelRunner:
             error,
             extra={"stage": stage, "sentences": len(sentences)},
         )
-        if isinstance(error, torch.OutOfMemoryError) and self.translator.device.type == "cuda":
+        if isinstance(error, torch.OutOfMemoryError) and self.backend.device.type == "cuda":
             torch.cuda.empty_cache()
         return Failure(sentences, error, stage)

@@ -7,7 +7,6 @@ worker inside a chosen step until the test releases it, so nothing depends on ti
 
 from __future__ import annotations
 
-import dataclasses
 import threading
 import time
 from collections.abc import Callable
@@ -17,6 +16,7 @@ from typing import Any
 
 import pytest
 import torch
+from fake_backend import HookedBackend
 from ferry.model.cache import DecoderCache
 from ferry.model.translator import TranslationResult, Translator
 from ferry.server.engine import Engine, EngineConfig, RequestHandle, StepEvent
@@ -41,22 +41,20 @@ MIXED = [
 
 # ---------------------------------------------------------------------------------------------- helpers
 class Gate:
-    """Wraps ``translator.model.decode_step``: the ``at``-th call blocks until ``release()``."""
+    """Hooks ``backend.decode_step``: the ``at``-th call blocks until ``release()``."""
 
-    def __init__(self, translator: Translator, at: int) -> None:
+    def __init__(self, backend: HookedBackend, at: int) -> None:
         self.at = at
         self.calls = 0
         self.reached = threading.Event()
         self.opened = threading.Event()
-        self._orig = translator.model.decode_step
-        translator.model.decode_step = self
+        backend.on_step = self
 
-    def __call__(self, tokens: torch.Tensor, cache: Any) -> torch.Tensor:
+    def __call__(self, tokens: torch.Tensor, cache: Any) -> None:
         self.calls += 1
         if self.calls == self.at:
             self.reached.set()
             assert self.opened.wait(WAIT), "test never released the gate"
-        return self._orig(tokens, cache)
 
     def wait_reached(self) -> None:
         assert self.reached.wait(WAIT), "the engine never reached the gated step"
@@ -77,8 +75,7 @@ class Reference:
         with self._lock:
             key = (text, options)
             if key not in self._memo:
-                kwargs = dataclasses.asdict(options)
-                self._memo[key] = self.translator.translate_batch([text], **kwargs)[0]
+                self._memo[key] = self.translator.translate([text], options)[0]
             return self._memo[key]
 
 
@@ -131,9 +128,9 @@ def engine(translator: Translator) -> Any:
 
 
 @pytest.fixture
-def fresh(tiny_checkpoint: Path) -> Translator:
-    """A translator of its own, for tests that patch its model."""
-    return Translator(tiny_checkpoint, device="cpu")
+def fresh(tiny_checkpoint: Path) -> HookedBackend:
+    """A backend of its own (a translator behind hooks), for tests that intercept model calls."""
+    return HookedBackend(Translator(tiny_checkpoint, device="cpu"))
 
 
 @pytest.fixture(scope="module")
@@ -188,7 +185,7 @@ def test_one_request_with_many_texts_keeps_input_order(
 
 
 def test_tight_budgets_still_give_exact_results_and_never_starve(
-    fresh: Translator, reference: Reference, sources: list[str]
+    fresh: HookedBackend, reference: Reference, sources: list[str]
 ) -> None:
     rows: list[int] = []
     config = EngineConfig(max_batch_rows=4, max_batch_tokens=20)  # smaller than any beam-4 sentence
@@ -258,7 +255,7 @@ def test_config_rejects_nonsense() -> None:
 
 
 # ---------------------------------------------------------------------------------------------- backpressure, lifecycle
-def test_full_queue_raises_queue_full_at_once(fresh: Translator, reference: Reference, sources: list[str]) -> None:
+def test_full_queue_raises_queue_full_at_once(fresh: HookedBackend, reference: Reference, sources: list[str]) -> None:
     engine = Engine(fresh, EngineConfig(max_queue_sentences=4))  # not started yet: nothing drains
     accepted = [engine.submit([sources[0], sources[1], sources[2]], GREEDY)]
     with pytest.raises(QueueFullError, match="max_queue_sentences"):
@@ -276,7 +273,7 @@ def test_full_queue_raises_queue_full_at_once(fresh: Translator, reference: Refe
 
 
 def test_drain_refuses_new_work_and_finishes_in_flight(
-    fresh: Translator, reference: Reference, sources: list[str]
+    fresh: HookedBackend, reference: Reference, sources: list[str]
 ) -> None:
     long, short = by_words(sources)
     gate = Gate(fresh, at=2)
@@ -300,7 +297,7 @@ def test_drain_refuses_new_work_and_finishes_in_flight(
         assert engine.stats().inflight_requests == 0
 
 
-def test_stop_fails_what_is_left_with_engine_closed(fresh: Translator, sources: list[str]) -> None:
+def test_stop_fails_what_is_left_with_engine_closed(fresh: HookedBackend, sources: list[str]) -> None:
     long, _ = by_words(sources)
     gate = Gate(fresh, at=2)
     engine = Engine(fresh)
@@ -325,7 +322,7 @@ def test_stop_fails_what_is_left_with_engine_closed(fresh: Translator, sources: 
 
 # ---------------------------------------------------------------------------------------------- continuous batching
 def test_newcomer_joins_the_running_batch_and_short_finishes_first(
-    fresh: Translator, reference: Reference, sources: list[str]
+    fresh: HookedBackend, reference: Reference, sources: list[str]
 ) -> None:
     long, short = by_words(sources)
     assert len(reference(long, GREEDY).text.split()) >= len(reference(short, GREEDY).text.split()) + 3
@@ -349,7 +346,7 @@ def test_newcomer_joins_the_running_batch_and_short_finishes_first(
     assert finished == ["short", "long"]  # submitted later, left the batch earlier
 
 
-def test_cancel_drops_rows_at_the_next_step(fresh: Translator, reference: Reference, sources: list[str]) -> None:
+def test_cancel_drops_rows_at_the_next_step(fresh: HookedBackend, reference: Reference, sources: list[str]) -> None:
     long, _ = by_words(sources)
     other = sources[3]
     gate = Gate(fresh, at=2)
@@ -370,7 +367,7 @@ def test_cancel_drops_rows_at_the_next_step(fresh: Translator, reference: Refere
     assert all(e.rows == 4 for e in later)  # only the survivor's beam rows are left
 
 
-def test_cancel_while_queued_frees_the_queue(fresh: Translator, sources: list[str]) -> None:
+def test_cancel_while_queued_frees_the_queue(fresh: HookedBackend, sources: list[str]) -> None:
     engine = Engine(fresh, EngineConfig(max_queue_sentences=2))
     handle = engine.submit(sources[:2], GREEDY)
     with pytest.raises(QueueFullError):
@@ -382,7 +379,7 @@ def test_cancel_while_queued_frees_the_queue(fresh: Translator, sources: list[st
 
 
 def test_deadline_passing_mid_decode_drops_the_request(
-    fresh: Translator, reference: Reference, sources: list[str]
+    fresh: HookedBackend, reference: Reference, sources: list[str]
 ) -> None:
     long, _ = by_words(sources)
     other = sources[7]
@@ -413,7 +410,7 @@ def test_deadline_already_passed_fails_at_once(translator: Translator) -> None:
     assert engine.stats().queue_sentences == 0
 
 
-def test_stats_and_step_hook_report_the_batch(fresh: Translator, sources: list[str]) -> None:
+def test_stats_and_step_hook_report_the_batch(fresh: HookedBackend, sources: list[str]) -> None:
     events: list[StepEvent] = []
     with Engine(fresh) as engine:
         engine.on_step = events.append
@@ -428,7 +425,7 @@ def test_stats_and_step_hook_report_the_batch(fresh: Translator, sources: list[s
 
 
 def test_a_failing_step_hook_does_not_stop_the_engine(
-    fresh: Translator, reference: Reference, sources: list[str]
+    fresh: HookedBackend, reference: Reference, sources: list[str]
 ) -> None:
     def hook(event: StepEvent) -> None:
         raise RuntimeError("metrics backend down")
@@ -439,7 +436,7 @@ def test_a_failing_step_hook_does_not_stop_the_engine(
 
 
 def _newcomers_join_together(
-    fresh: Translator, reference: Reference, long: str, newcomers: list[str], every: int
+    fresh: HookedBackend, reference: Reference, long: str, newcomers: list[str], every: int
 ) -> bool:
     """Run ``long``; one newcomer arrives during each of decode steps 2, 3 and 4. Whether the first
     step that ran any newcomer ran all of them."""
@@ -447,30 +444,25 @@ def _newcomers_join_together(
     events: list[StepEvent] = []
     engine.on_step = events.append
     handles: list[RequestHandle] = []
-    orig = fresh.model.decode_step
     calls = [0]
 
-    def step(tokens: torch.Tensor, cache: DecoderCache) -> torch.Tensor:
+    def step(tokens: torch.Tensor, cache: DecoderCache) -> None:
         calls[0] += 1
         if 2 <= calls[0] <= 4:
             handles.append(engine.submit([newcomers[calls[0] - 2]], GREEDY))
-        return orig(tokens, cache)
 
-    fresh.model.decode_step = step  # type: ignore[method-assign]
-    try:
-        with engine:
-            first = engine.submit([long], GREEDY)
-            assert_same(first.future.result(WAIT)[0], reference(long, GREEDY))
-            for h, s in zip(handles, newcomers):
-                assert_same(h.future.result(WAIT)[0], reference(s, GREEDY))
-    finally:
-        fresh.model.decode_step = orig  # type: ignore[method-assign]
+    fresh.on_step = step
+    with engine:
+        first = engine.submit([long], GREEDY)
+        assert_same(first.future.result(WAIT)[0], reference(long, GREEDY))
+        for h, s in zip(handles, newcomers):
+            assert_same(h.future.result(WAIT)[0], reference(s, GREEDY))
     ids = {h.id for h in handles}
     first_seen = next(e for e in events if ids & e.request_ids)
     return ids <= first_seen.request_ids
 
 
-def test_newcomers_arriving_apart_join_together(fresh: Translator, reference: Reference, sources: list[str]) -> None:
+def test_newcomers_arriving_apart_join_together(fresh: HookedBackend, reference: Reference, sources: list[str]) -> None:
     """While a batch runs, arrivals at different steps are gathered into one join (one encoder batch);
     with ``admit_every_steps=1`` each joins at the step after it arrived."""
     long, _ = by_words(sources)

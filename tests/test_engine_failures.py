@@ -6,10 +6,10 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
 
 import pytest
 import torch
+from fake_backend import HookedBackend
 from ferry.model.cache import DecoderCache
 from ferry.model.translator import Translator
 from ferry.server.engine import Engine
@@ -22,30 +22,29 @@ POISON = "red blue green cat dog bird runs sleeps eats big"
 """10 words: longer than every tiny training sentence, so its rows are recognisable by source length."""
 
 
-def poison_len(t: Translator) -> int:
-    return len(t.tokenizer.encode_source([POISON])[0])
+def poison_len(t: HookedBackend) -> int:
+    return len(t.tokenize([POISON])[0])
 
 
-def patch_decode_step(t: Translator, fail: Callable[[int, DecoderCache], BaseException | None]) -> list[int]:
+def patch_decode_step(t: HookedBackend, fail: Callable[[int, DecoderCache], BaseException | None]) -> list[int]:
     """Make ``decode_step`` raise ``fail(call, cache)`` when it returns an exception; returns the rows seen
     per call."""
-    orig = t.model.decode_step
     rows: list[int] = []
 
-    def step(tokens: torch.Tensor, cache: DecoderCache) -> torch.Tensor:
+    def step(tokens: torch.Tensor, cache: DecoderCache) -> None:
         rows.append(cache.num_rows)
         error = fail(len(rows), cache)
         if error is not None:
             raise error
-        return orig(tokens, cache)
 
-    t.model.decode_step = step
+    t.on_step = step
     return rows
 
 
 @pytest.fixture
-def fresh(tiny_checkpoint: Path) -> Translator:
-    return Translator(tiny_checkpoint, device="cpu")
+def fresh(tiny_checkpoint: Path) -> HookedBackend:
+    """A translator behind hooks that make its model calls fail."""
+    return HookedBackend(Translator(tiny_checkpoint, device="cpu"))
 
 
 @pytest.fixture(scope="module")
@@ -76,7 +75,7 @@ def submit_together(engine: Engine, jobs: Sequence[tuple[str, DecodeOptions]]) -
 
 
 def test_a_sentence_that_always_fails_fails_alone(
-    fresh: Translator, reference: Callable[[str, DecodeOptions], str], sources: list[str]
+    fresh: HookedBackend, reference: Callable[[str, DecodeOptions], str], sources: list[str]
 ) -> None:
     bad = poison_len(fresh)
     rows = patch_decode_step(fresh, lambda _, c: RuntimeError("kernel exploded") if bad in c.src_lengths_host else None)
@@ -100,7 +99,7 @@ def test_a_sentence_that_always_fails_fails_alone(
 
 
 def test_a_transient_out_of_memory_is_retried_and_nothing_fails(
-    fresh: Translator, reference: Callable[[str, DecodeOptions], str], sources: list[str]
+    fresh: HookedBackend, reference: Callable[[str, DecodeOptions], str], sources: list[str]
 ) -> None:
     patch_decode_step(
         fresh, lambda call, _: torch.OutOfMemoryError("CUDA out of memory (simulated)") if call == 3 else None
@@ -113,17 +112,15 @@ def test_a_transient_out_of_memory_is_retried_and_nothing_fails(
 
 
 def test_an_encoder_failure_fails_only_the_newcomer_that_causes_it(
-    fresh: Translator, reference: Callable[[str, DecodeOptions], str], sources: list[str]
+    fresh: HookedBackend, reference: Callable[[str, DecodeOptions], str], sources: list[str]
 ) -> None:
-    bad = fresh.tokenizer.encode_source([POISON])[0]
-    orig = fresh.encode_ids
+    bad = fresh.tokenize([POISON])[0]
 
-    def encode_ids(rows: Sequence[Sequence[int]], *, copies: int = 1) -> Any:
+    def encode(rows: Sequence[Sequence[int]]) -> None:
         if any(list(r) == bad for r in rows):
             raise torch.OutOfMemoryError("out of memory while encoding (simulated)")
-        return orig(rows, copies=copies)
 
-    fresh.encode_ids = encode_ids
+    fresh.on_encode = encode
     jobs = [(s, GREEDY) for s in sources[:6]]
     jobs.append((POISON, GREEDY))
     with unstarted(Engine(fresh)) as engine:
@@ -138,7 +135,7 @@ def test_an_encoder_failure_fails_only_the_newcomer_that_causes_it(
 
 
 def test_a_failed_sentence_fails_its_whole_request_but_not_others(
-    fresh: Translator, reference: Callable[[str, DecodeOptions], str], sources: list[str]
+    fresh: HookedBackend, reference: Callable[[str, DecodeOptions], str], sources: list[str]
 ) -> None:
     bad = poison_len(fresh)
     patch_decode_step(fresh, lambda _, c: RuntimeError("boom") if bad in c.src_lengths_host else None)

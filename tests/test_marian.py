@@ -19,6 +19,7 @@ from ferry.model.checkpoint import load_checkpoint, save_checkpoint
 from ferry.model.config import TransformerConfig
 from ferry.model.loading import convert, detect_format, load_model
 from ferry.model.marian import read_marian_dir
+from ferry.model.options import DecodeOptions
 from ferry.model.positions import sinusoidal_table
 from ferry.model.search import Hypothesis
 from ferry.model.transformer import Transformer
@@ -140,7 +141,7 @@ def _strip(ids: list[int], eos: int, pad: int) -> list[int]:
 
 def _ferry_ids(translator: Translator, texts: list[str], beam: int) -> list[list[int]]:
     rows = translator.tokenizer.encode_source(texts)
-    nbest: list[list[Hypothesis]] = translator._search(rows, beam, MAX_NEW, 1.0, 1)
+    nbest: list[list[Hypothesis]] = translator._search(rows, DecodeOptions(beam_size=beam, max_length=MAX_NEW))
     return [n[0].tokens for n in nbest]
 
 

@@ -22,7 +22,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from ferry import default_model_dir
     from ferry.model.evaluate import evaluate
-    from ferry.model.loading import load_translator
+    from ferry.model.translator import load_translator
 
     translator = load_translator(args.model or default_model_dir(), device=args.device, dtype=args.dtype)
     s = evaluate(

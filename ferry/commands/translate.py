@@ -54,7 +54,7 @@ def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from ferry import default_model_dir
-    from ferry.model.loading import load_translator
+    from ferry.model.translator import load_translator
 
     translator = load_translator(args.model or default_model_dir(), device=args.device, dtype=args.dtype)
     with ExitStack() as stack:
