@@ -14,11 +14,12 @@ Contract (keep it stable; callers depend on exactly this):
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
 TextFormat = Literal["text", "html"]
+FORMATS: tuple[TextFormat, ...] = ("text", "html")
 
 
 @dataclass(frozen=True)
@@ -29,6 +30,15 @@ class TextOptions:
     """Split each text into sentences (and keep its whitespace and line breaks) before translating."""
     format: TextFormat = "text"
     """``text``: plain text; ``html``: translate text nodes, keep the markup."""
+    language: str | None = None
+    """Source language code for the splitter's rules (abbreviations such as "z. B."); None: English rules."""
+
+    def __post_init__(self) -> None:
+        if self.format not in FORMATS:
+            raise ValueError(f"format={self.format!r} is not supported; use one of {', '.join(FORMATS)}")
+
+
+Rebuild = Callable[[Sequence[str]], str]
 
 
 @dataclass
@@ -39,18 +49,50 @@ class Segmented:
     """Every sentence to translate, all texts flattened in order."""
     counts: list[int] = field(default_factory=list)
     """Sentences per input text (``sum(counts) == len(sentences)``)."""
+    rebuilders: list[Rebuild] = field(default_factory=list)
+    """Per input text: its translated sentences → its output text (default: sentences joined by spaces)."""
 
     def reassemble(self, translations: Sequence[str]) -> list[str]:
         """One output text per input text from one translation per sentence."""
         if len(translations) != len(self.sentences):
             raise ValueError(f"expected {len(self.sentences)} translations, got {len(translations)}")
         out, start = [], 0
-        for n in self.counts:
-            out.append(" ".join(translations[start : start + n]))
+        for i, n in enumerate(self.counts):
+            chunk = translations[start : start + n]
+            out.append(self.rebuilders[i](chunk) if i < len(self.rebuilders) else " ".join(chunk))
             start += n
         return out
 
 
+def _plain(text: str, options: TextOptions) -> tuple[list[str], Rebuild]:
+    from ferry.text.split import layout, text_spans
+
+    shape = layout(text, text_spans(text, split_sentences=options.split_sentences, language=options.language))
+    return list(shape.sentences), shape.fill
+
+
+def _html(text: str, options: TextOptions) -> tuple[list[str], Rebuild]:
+    from ferry.text.document import Document
+
+    doc = Document(text, split_sentences=options.split_sentences, language=options.language)
+    n = len(doc.sentences)
+    return [*doc.sentences, *doc.hints], lambda tr: doc.rebuild(tr[:n], tr[n:])
+
+
 def segment(texts: Sequence[str], options: TextOptions = TextOptions()) -> Segmented:
-    """Sentences to translate for ``texts`` (placeholder: one sentence per text until splitting lands)."""
-    return Segmented(sentences=list(texts), counts=[1] * len(texts))
+    """Sentences to translate for ``texts`` and how to put their translations back.
+
+    Plain text: sentences within each line (or the whole text with ``split_sentences=False``); whitespace,
+    line breaks and blank lines around them are kept. Whitespace-only texts give no sentences and come back
+    unchanged. HTML: the text of each block is split the same way; inline tags are re-placed in the
+    translation; the list also holds the text of inline elements (translated so their place can be found).
+    Raises ValueError for HTML the parser cannot read.
+    """
+    one = _html if options.format == "html" else _plain
+    result = Segmented(sentences=[])
+    for text in texts:
+        sentences, rebuild = one(text, options)
+        result.sentences.extend(sentences)
+        result.counts.append(len(sentences))
+        result.rebuilders.append(rebuild)
+    return result

@@ -24,35 +24,45 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1a\x66\x65rry/v1/translation.proto\x12\x08\x66\x65rry.v1\"\xd6\x01\n\x0f\x44\x65\x63odingOptions\x12\x16\n\tbeam_size\x18\x01 \x01(\rH\x00\x88\x01\x01\x12\x17\n\nmax_length\x18\x02 \x01(\rH\x01\x88\x01\x01\x12\x1b\n\x0elength_penalty\x18\x03 \x01(\x02H\x02\x88\x01\x01\x12\x1b\n\x0enum_hypotheses\x18\x04 \x01(\rH\x03\x88\x01\x01\x12\x15\n\rreturn_scores\x18\x05 \x01(\x08\x42\x0c\n\n_beam_sizeB\r\n\x0b_max_lengthB\x11\n\x0f_length_penaltyB\x11\n\x0f_num_hypotheses\"\xa5\x01\n\x10TranslateRequest\x12\r\n\x05texts\x18\x01 \x03(\t\x12\x17\n\x0fsource_language\x18\x02 \x01(\t\x12\x17\n\x0ftarget_language\x18\x03 \x01(\t\x12\x10\n\x08model_id\x18\x04 \x01(\t\x12*\n\x07options\x18\x05 \x01(\x0b\x32\x19.ferry.v1.DecodingOptions\x12\x12\n\nrequest_id\x18\x06 \x01(\t\")\n\nHypothesis\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\r\n\x05score\x18\x02 \x01(\x02\"\x81\x01\n\x0bTranslation\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\r\n\x05score\x18\x02 \x01(\x02\x12(\n\nhypotheses\x18\x03 \x03(\x0b\x32\x14.ferry.v1.Hypothesis\x12\x14\n\x0cinput_tokens\x18\x04 \x01(\r\x12\x15\n\routput_tokens\x18\x05 \x01(\r\"}\n\x11TranslateResponse\x12+\n\x0ctranslations\x18\x01 \x03(\x0b\x32\x15.ferry.v1.Translation\x12\x10\n\x08model_id\x18\x02 \x01(\t\x12\x15\n\rmodel_version\x18\x03 \x01(\t\x12\x12\n\nrequest_id\x18\x04 \x01(\t\"\'\n\x06Status\x12\x0c\n\x04\x63ode\x18\x01 \x01(\x05\x12\x0f\n\x07message\x18\x02 \x01(\t\"\x8b\x01\n\x17TranslateStreamResponse\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12/\n\x08response\x18\x02 \x01(\x0b\x32\x1b.ferry.v1.TranslateResponseH\x00\x12!\n\x05\x65rror\x18\x03 \x01(\x0b\x32\x10.ferry.v1.StatusH\x00\x42\x08\n\x06result\"\x13\n\x11ListModelsRequest\"\x93\x01\n\x06Limits\x12\x11\n\tmax_texts\x18\x01 \x01(\r\x12\x16\n\x0emax_text_chars\x18\x02 \x01(\r\x12\x18\n\x10max_input_tokens\x18\x03 \x01(\r\x12\x15\n\rmax_beam_size\x18\x04 \x01(\r\x12\x12\n\nmax_length\x18\x05 \x01(\r\x12\x19\n\x11max_message_bytes\x18\x06 \x01(\x04\"\xa1\x01\n\tModelInfo\x12\x10\n\x08model_id\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x17\n\x0fsource_language\x18\x03 \x01(\t\x12\x17\n\x0ftarget_language\x18\x04 \x01(\t\x12\x0e\n\x06\x64\x65vice\x18\x05 \x01(\t\x12\r\n\x05\x64type\x18\x06 \x01(\t\x12 \n\x06limits\x18\x07 \x01(\x0b\x32\x10.ferry.v1.Limits\"9\n\x12ListModelsResponse\x12#\n\x06models\x18\x01 \x03(\x0b\x32\x13.ferry.v1.ModelInfo2\xf9\x01\n\x12TranslationService\x12\x44\n\tTranslate\x12\x1a.ferry.v1.TranslateRequest\x1a\x1b.ferry.v1.TranslateResponse\x12T\n\x0fTranslateStream\x12\x1a.ferry.v1.TranslateRequest\x1a!.ferry.v1.TranslateStreamResponse(\x01\x30\x01\x12G\n\nListModels\x12\x1b.ferry.v1.ListModelsRequest\x1a\x1c.ferry.v1.ListModelsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1a\x66\x65rry/v1/translation.proto\x12\x08\x66\x65rry.v1\"\xd6\x01\n\x0f\x44\x65\x63odingOptions\x12\x16\n\tbeam_size\x18\x01 \x01(\rH\x00\x88\x01\x01\x12\x17\n\nmax_length\x18\x02 \x01(\rH\x01\x88\x01\x01\x12\x1b\n\x0elength_penalty\x18\x03 \x01(\x02H\x02\x88\x01\x01\x12\x1b\n\x0enum_hypotheses\x18\x04 \x01(\rH\x03\x88\x01\x01\x12\x15\n\rreturn_scores\x18\x05 \x01(\x08\x42\x0c\n\n_beam_sizeB\r\n\x0b_max_lengthB\x11\n\x0f_length_penaltyB\x11\n\x0f_num_hypotheses\"\xe6\x01\n\x10TranslateRequest\x12\r\n\x05texts\x18\x01 \x03(\t\x12\x17\n\x0fsource_language\x18\x02 \x01(\t\x12\x17\n\x0ftarget_language\x18\x03 \x01(\t\x12\x10\n\x08model_id\x18\x04 \x01(\t\x12*\n\x07options\x18\x05 \x01(\x0b\x32\x19.ferry.v1.DecodingOptions\x12\x12\n\nrequest_id\x18\x06 \x01(\t\x12$\n\x06\x66ormat\x18\x07 \x01(\x0e\x32\x14.ferry.v1.TextFormat\x12\x19\n\x11no_sentence_split\x18\x08 \x01(\x08\")\n\nHypothesis\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\r\n\x05score\x18\x02 \x01(\x02\"\xba\x01\n\x0bTranslation\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\r\n\x05score\x18\x02 \x01(\x02\x12(\n\nhypotheses\x18\x03 \x03(\x0b\x32\x14.ferry.v1.Hypothesis\x12\x14\n\x0cinput_tokens\x18\x04 \x01(\r\x12\x15\n\routput_tokens\x18\x05 \x01(\r\x12\x19\n\x11\x64\x65tected_language\x18\x06 \x01(\t\x12\x1c\n\x14\x64\x65tection_confidence\x18\x07 \x01(\x02\"}\n\x11TranslateResponse\x12+\n\x0ctranslations\x18\x01 \x03(\x0b\x32\x15.ferry.v1.Translation\x12\x10\n\x08model_id\x18\x02 \x01(\t\x12\x15\n\rmodel_version\x18\x03 \x01(\t\x12\x12\n\nrequest_id\x18\x04 \x01(\t\"\'\n\x06Status\x12\x0c\n\x04\x63ode\x18\x01 \x01(\x05\x12\x0f\n\x07message\x18\x02 \x01(\t\"\x8b\x01\n\x17TranslateStreamResponse\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12/\n\x08response\x18\x02 \x01(\x0b\x32\x1b.ferry.v1.TranslateResponseH\x00\x12!\n\x05\x65rror\x18\x03 \x01(\x0b\x32\x10.ferry.v1.StatusH\x00\x42\x08\n\x06result\"\x13\n\x11ListModelsRequest\"\x93\x01\n\x06Limits\x12\x11\n\tmax_texts\x18\x01 \x01(\r\x12\x16\n\x0emax_text_chars\x18\x02 \x01(\r\x12\x18\n\x10max_input_tokens\x18\x03 \x01(\r\x12\x15\n\rmax_beam_size\x18\x04 \x01(\r\x12\x12\n\nmax_length\x18\x05 \x01(\r\x12\x19\n\x11max_message_bytes\x18\x06 \x01(\x04\"\xa1\x01\n\tModelInfo\x12\x10\n\x08model_id\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x17\n\x0fsource_language\x18\x03 \x01(\t\x12\x17\n\x0ftarget_language\x18\x04 \x01(\t\x12\x0e\n\x06\x64\x65vice\x18\x05 \x01(\t\x12\r\n\x05\x64type\x18\x06 \x01(\t\x12 \n\x06limits\x18\x07 \x01(\x0b\x32\x10.ferry.v1.Limits\"9\n\x12ListModelsResponse\x12#\n\x06models\x18\x01 \x03(\x0b\x32\x13.ferry.v1.ModelInfo\"\x1e\n\rDetectRequest\x12\r\n\x05texts\x18\x01 \x03(\t\"5\n\rLanguageScore\x12\x10\n\x08language\x18\x01 \x01(\t\x12\x12\n\nconfidence\x18\x02 \x01(\x02\"7\n\tDetection\x12*\n\tlanguages\x18\x01 \x03(\x0b\x32\x17.ferry.v1.LanguageScore\"9\n\x0e\x44\x65tectResponse\x12\'\n\ndetections\x18\x01 \x03(\x0b\x32\x13.ferry.v1.Detection*?\n\nTextFormat\x12\x1b\n\x17TEXT_FORMAT_UNSPECIFIED\x10\x00\x12\x14\n\x10TEXT_FORMAT_HTML\x10\x01\x32\xb6\x02\n\x12TranslationService\x12\x44\n\tTranslate\x12\x1a.ferry.v1.TranslateRequest\x1a\x1b.ferry.v1.TranslateResponse\x12T\n\x0fTranslateStream\x12\x1a.ferry.v1.TranslateRequest\x1a!.ferry.v1.TranslateStreamResponse(\x01\x30\x01\x12G\n\nListModels\x12\x1b.ferry.v1.ListModelsRequest\x1a\x1c.ferry.v1.ListModelsResponse\x12;\n\x06\x44\x65tect\x12\x17.ferry.v1.DetectRequest\x1a\x18.ferry.v1.DetectResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'ferry.v1.translation_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
+  _globals['_TEXTFORMAT']._serialized_start=1629
+  _globals['_TEXTFORMAT']._serialized_end=1692
   _globals['_DECODINGOPTIONS']._serialized_start=41
   _globals['_DECODINGOPTIONS']._serialized_end=255
   _globals['_TRANSLATEREQUEST']._serialized_start=258
-  _globals['_TRANSLATEREQUEST']._serialized_end=423
-  _globals['_HYPOTHESIS']._serialized_start=425
-  _globals['_HYPOTHESIS']._serialized_end=466
-  _globals['_TRANSLATION']._serialized_start=469
-  _globals['_TRANSLATION']._serialized_end=598
-  _globals['_TRANSLATERESPONSE']._serialized_start=600
-  _globals['_TRANSLATERESPONSE']._serialized_end=725
-  _globals['_STATUS']._serialized_start=727
-  _globals['_STATUS']._serialized_end=766
-  _globals['_TRANSLATESTREAMRESPONSE']._serialized_start=769
-  _globals['_TRANSLATESTREAMRESPONSE']._serialized_end=908
-  _globals['_LISTMODELSREQUEST']._serialized_start=910
-  _globals['_LISTMODELSREQUEST']._serialized_end=929
-  _globals['_LIMITS']._serialized_start=932
-  _globals['_LIMITS']._serialized_end=1079
-  _globals['_MODELINFO']._serialized_start=1082
-  _globals['_MODELINFO']._serialized_end=1243
-  _globals['_LISTMODELSRESPONSE']._serialized_start=1245
-  _globals['_LISTMODELSRESPONSE']._serialized_end=1302
-  _globals['_TRANSLATIONSERVICE']._serialized_start=1305
-  _globals['_TRANSLATIONSERVICE']._serialized_end=1554
+  _globals['_TRANSLATEREQUEST']._serialized_end=488
+  _globals['_HYPOTHESIS']._serialized_start=490
+  _globals['_HYPOTHESIS']._serialized_end=531
+  _globals['_TRANSLATION']._serialized_start=534
+  _globals['_TRANSLATION']._serialized_end=720
+  _globals['_TRANSLATERESPONSE']._serialized_start=722
+  _globals['_TRANSLATERESPONSE']._serialized_end=847
+  _globals['_STATUS']._serialized_start=849
+  _globals['_STATUS']._serialized_end=888
+  _globals['_TRANSLATESTREAMRESPONSE']._serialized_start=891
+  _globals['_TRANSLATESTREAMRESPONSE']._serialized_end=1030
+  _globals['_LISTMODELSREQUEST']._serialized_start=1032
+  _globals['_LISTMODELSREQUEST']._serialized_end=1051
+  _globals['_LIMITS']._serialized_start=1054
+  _globals['_LIMITS']._serialized_end=1201
+  _globals['_MODELINFO']._serialized_start=1204
+  _globals['_MODELINFO']._serialized_end=1365
+  _globals['_LISTMODELSRESPONSE']._serialized_start=1367
+  _globals['_LISTMODELSRESPONSE']._serialized_end=1424
+  _globals['_DETECTREQUEST']._serialized_start=1426
+  _globals['_DETECTREQUEST']._serialized_end=1456
+  _globals['_LANGUAGESCORE']._serialized_start=1458
+  _globals['_LANGUAGESCORE']._serialized_end=1511
+  _globals['_DETECTION']._serialized_start=1513
+  _globals['_DETECTION']._serialized_end=1568
+  _globals['_DETECTRESPONSE']._serialized_start=1570
+  _globals['_DETECTRESPONSE']._serialized_end=1627
+  _globals['_TRANSLATIONSERVICE']._serialized_start=1695
+  _globals['_TRANSLATIONSERVICE']._serialized_end=2005
 # @@protoc_insertion_point(module_scope)

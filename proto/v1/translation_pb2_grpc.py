@@ -50,6 +50,11 @@ class TranslationServiceStub:
                 request_serializer=ferry_dot_v1_dot_translation__pb2.ListModelsRequest.SerializeToString,
                 response_deserializer=ferry_dot_v1_dot_translation__pb2.ListModelsResponse.FromString,
                 _registered_method=True)
+        self.Detect = channel.unary_unary(
+                '/ferry.v1.TranslationService/Detect',
+                request_serializer=ferry_dot_v1_dot_translation__pb2.DetectRequest.SerializeToString,
+                response_deserializer=ferry_dot_v1_dot_translation__pb2.DetectResponse.FromString,
+                _registered_method=True)
 
 
 class TranslationServiceServicer:
@@ -79,6 +84,13 @@ class TranslationServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Detect(self, request, context):
+        """The language of each text, best candidates first (no translation).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_TranslationServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -96,6 +108,11 @@ def add_TranslationServiceServicer_to_server(servicer, server):
                     servicer.ListModels,
                     request_deserializer=ferry_dot_v1_dot_translation__pb2.ListModelsRequest.FromString,
                     response_serializer=ferry_dot_v1_dot_translation__pb2.ListModelsResponse.SerializeToString,
+            ),
+            'Detect': grpc.unary_unary_rpc_method_handler(
+                    servicer.Detect,
+                    request_deserializer=ferry_dot_v1_dot_translation__pb2.DetectRequest.FromString,
+                    response_serializer=ferry_dot_v1_dot_translation__pb2.DetectResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -180,6 +197,33 @@ class TranslationService:
             '/ferry.v1.TranslationService/ListModels',
             ferry_dot_v1_dot_translation__pb2.ListModelsRequest.SerializeToString,
             ferry_dot_v1_dot_translation__pb2.ListModelsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Detect(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/ferry.v1.TranslationService/Detect',
+            ferry_dot_v1_dot_translation__pb2.DetectRequest.SerializeToString,
+            ferry_dot_v1_dot_translation__pb2.DetectResponse.FromString,
             options,
             channel_credentials,
             insecure,
