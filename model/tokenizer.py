@@ -66,11 +66,6 @@ class Tokenizer:
         decoded: str = self.target.decode_pieces(pieces)
         return decoded.replace("\u2581", " ").strip()
 
-    def target_pieces(self, ids: Sequence[int]) -> list[str]:
-        if self.id_to_piece is None:
-            return [self.target.id_to_piece(i) for i in ids]
-        return [self.id_to_piece.get(i, "<unk>") for i in ids]
-
     @property
     def source_vocab_size(self) -> int:
         return len(self.vocab) if self.vocab is not None else int(self.source.get_piece_size())

@@ -17,7 +17,7 @@ import threading
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import grpc
 from ferry.proto.v1 import translation_pb2 as pb
@@ -29,6 +29,9 @@ from .metrics import Metrics
 from .registry import ModelRegistry
 from .servicer import RequestLimits, TranslationServicer
 from .wire import service_handler
+
+if TYPE_CHECKING:
+    from .web import HttpServer
 
 log = logging.getLogger("ferry.server")
 T = TypeVar("T")
@@ -47,6 +50,9 @@ class ServerConfig:
     """0 picks a free port (``FerryServer.start`` returns it)."""
     metrics_port: int = 0
     """HTTP port for Prometheus ``/metrics``; 0 = off."""
+    http_port: int | None = None
+    """Port of the LibreTranslate-compatible HTTP API and web page (``ferry.server.web``) on ``host``,
+    over the same engines, limits and auth; None = off, 0 = any free port (``FerryServer.http_port``)."""
     metrics_host: str = "127.0.0.1"
     """Address ``/metrics`` listens on; it has no auth, so loopback unless told otherwise."""
     limits: RequestLimits = field(default_factory=RequestLimits)
@@ -145,6 +151,8 @@ class FerryServer:
         self.config = config or ServerConfig()
         self.port = 0
         self.metrics_port = 0
+        self.http_port = 0
+        self.http: HttpServer | None = None
         self.metrics = Metrics(registry)
         self.servicer = TranslationServicer(registry, self.config.limits, self.metrics)
         self.health = health_aio.HealthServicer()
@@ -182,6 +190,11 @@ class FerryServer:
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
         if cfg.metrics_port:
             self.metrics_port = self.metrics.serve(cfg.metrics_port, cfg.metrics_host)
+        if cfg.http_port is not None:
+            from .web import start_http  # Starlette and uvicorn load only when HTTP is on
+
+            self.http = await start_http(self, cfg.host, cfg.http_port)
+            self.http_port = self.http.port
         log.info("serving %s on %s:%d", self.registry.served(), cfg.host, self.port)
         return self.port
 
@@ -213,6 +226,8 @@ class FerryServer:
                 # listener closes (a call racing the close would fail with CANCELLED).
                 await asyncio.sleep(min(1.0, grace))
             await self._server.stop(grace=0.5 if finished else 0)
+        if self.http is not None:
+            await self.http.stop()
         await asyncio.get_running_loop().run_in_executor(None, self.registry.stop)
         self.metrics.close()
         self.servicer.close()

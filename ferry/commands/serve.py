@@ -43,6 +43,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         default=_env("FERRY_METRICS_HOST", "127.0.0.1"),
         help="address /metrics listens on; it has no auth (FERRY_METRICS_HOST); 0.0.0.0 for Prometheus scrapes",
     )
+    p.add_argument(
+        "--http-port",
+        type=int,
+        default=_env("FERRY_HTTP_PORT", "8080"),
+        help="LibreTranslate-compatible HTTP API and web page on --host, 0 = off (FERRY_HTTP_PORT)",
+    )
     p.add_argument("--device", default=_env("FERRY_DEVICE", "auto"), help="auto, cpu or cuda (FERRY_DEVICE)")
     p.add_argument(
         "--dtype",
@@ -176,6 +182,7 @@ def run(args: argparse.Namespace) -> int:
         port=args.port,
         metrics_port=args.metrics_port,
         metrics_host=args.metrics_host,
+        http_port=args.http_port or None,
         limits=RequestLimits(
             max_texts=args.max_texts, max_text_chars=args.max_text_chars, max_message_bytes=args.max_message_bytes
         ),
@@ -196,8 +203,18 @@ def run(args: argparse.Namespace) -> int:
     def ready(server: FerryServer) -> None:
         if server.metrics_port:
             print(f"ferry metrics on http://{args.metrics_host}:{server.metrics_port}/metrics", file=sys.stderr)
+        if server.http_port:
+            url = f"{'https' if args.tls_cert else 'http'}://{_url_host(args.host)}:{server.http_port}"
+            print(f"ferry HTTP API (LibreTranslate-compatible) on {url}; web page: {url}/", file=sys.stderr)
         print(f"ferry serving {pairs} on {args.host}:{server.port}", file=sys.stderr, flush=True)
 
     finished = asyncio.run(serve(registry, config, ready))
     print(f"ferry stopped ({'drained' if finished else 'drain timeout: some calls were cancelled'})", file=sys.stderr)
     return 0
+
+
+def _url_host(host: str) -> str:
+    """``host`` as it goes in a URL a person can open: loopback for a wildcard address."""
+    if host in ("", "0.0.0.0", "::"):
+        return "127.0.0.1"
+    return f"[{host}]" if ":" in host else host

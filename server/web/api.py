@@ -1,0 +1,317 @@
+"""The LibreTranslate-compatible HTTP API and the translation page, as one Starlette app.
+
+Thin transport: a request body becomes ``TranslateFields`` (``fields.py``), then one shared
+``TranslationRequest`` per source language, which the ``Backend`` validates and runs on the same
+engines, limits and metrics as gRPC. Failures map to HTTP through the shared ``status_of``; the
+API's own cases are 403 (API key) and 503 (draining). Every error is JSON ``{"error": message}``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Mapping
+from contextlib import AbstractContextManager
+from pathlib import Path
+from typing import Any, Protocol, TypeVar
+
+from ferry.model.options import DecodeOptions, Status, TranslationRequest, TranslationResult, status_of
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import FileResponse, JSONResponse, Response
+from starlette.routing import Mount, Route
+from starlette.staticfiles import StaticFiles
+
+from ferry.text import TextOptions
+
+from ..registry import ModelRegistry
+from .detection import detect_languages
+from .fields import AUTO, AuthError, FieldError, TranslateFields, check_key, read_body, text_field, translate_fields
+from .languages import language_name
+from .openapi import openapi_document
+
+log = logging.getLogger("ferry.server")
+T = TypeVar("T")
+
+STATIC = Path(__file__).resolve().parent / "static"
+DRAINING = "the server is shutting down and accepts no new requests; retry (another replica)"
+
+
+class Backend(Protocol):
+    """What the HTTP API needs from the server it runs in (``ServerBackend`` adapts ``FerryServer``)."""
+
+    @property
+    def registry(self) -> ModelRegistry: ...
+
+    @property
+    def auth_token(self) -> str | None: ...
+
+    @property
+    def draining(self) -> bool: ...
+
+    @property
+    def max_text_chars(self) -> int: ...
+
+    @property
+    def max_body_bytes(self) -> int: ...
+
+    def call(self, method: str) -> AbstractContextManager[list[str]]:
+        """Count one call in flight (the drain waits for it) and record its status name (``code[0]``)
+        and latency in the metrics."""
+        ...
+
+    async def translate(self, request: TranslationRequest) -> list[TranslationResult]:
+        """Validate ``request`` (limits, options, served pair) and translate it on its model's engine;
+        cancelling the awaiting task cancels the engine work."""
+        ...
+
+
+class Draining(Exception):
+    """New work refused during a drain (HTTP 503)."""
+
+
+class ClientGone(Exception):
+    """The client closed the connection before the answer was ready; its work was cancelled."""
+
+
+# ---------------------------------------------------------------------------------------------- app
+def create_app(backend: Backend) -> Starlette:
+    """The ASGI app: the API, the page at ``/`` and its files under ``/static``."""
+    api = _Api(backend)
+    routes = [
+        Route("/", api.page, methods=["GET"]),
+        Route("/translate", api.translate, methods=["POST"]),
+        Route("/detect", api.detect, methods=["POST"]),
+        Route("/languages", api.languages, methods=["GET", "POST"]),
+        Route("/health", api.health, methods=["GET"]),
+        Route("/frontend/settings", api.settings, methods=["GET"]),
+        Route("/openapi.json", api.openapi, methods=["GET"]),
+        Mount("/static", StaticFiles(directory=STATIC), name="static"),
+    ]
+    return Starlette(routes=routes, exception_handlers={HTTPException: _http_error})
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    """Starlette's own errors (unknown path, wrong method) as JSON too."""
+    assert isinstance(exc, HTTPException)
+    message = {
+        404: f"no such endpoint: {request.url.path}",
+        405: f"{request.method} is not allowed on {request.url.path}",
+    }
+    return error(message.get(exc.status_code, str(exc.detail)), exc.status_code, exc.headers)
+
+
+def error(message: str, status: int, headers: Mapping[str, str] | None = None) -> JSONResponse:
+    return JSONResponse({"error": message}, status_code=status, headers=headers)
+
+
+class _Api:
+    def __init__(self, backend: Backend) -> None:
+        self.backend = backend
+
+    # ------------------------------------------------------------------ plain GETs
+    async def page(self, request: Request) -> Response:
+        return FileResponse(STATIC / "index.html", headers={"Cache-Control": "no-cache"})
+
+    async def health(self, request: Request) -> Response:
+        if self.backend.draining:
+            return JSONResponse({"status": "draining"}, status_code=503)
+        return JSONResponse({"status": "serving"})
+
+    async def languages(self, request: Request) -> Response:
+        return JSONResponse(languages(self.backend.registry))
+
+    async def settings(self, request: Request) -> Response:
+        """LibreTranslate's frontend settings (its web clients read ``charLimit`` and ``keyRequired``)."""
+        pairs = [(m.source_language, m.target_language) for m in self.backend.registry]
+        src, tgt = pairs[0] if pairs else ("", "")
+        return JSONResponse(
+            {
+                "charLimit": self.backend.max_text_chars,
+                "keyRequired": bool(self.backend.auth_token),
+                "apiKeys": bool(self.backend.auth_token),
+                "suggestions": False,
+                "filesTranslation": False,
+                "supportedFilesFormat": [],
+                "language": {
+                    "source": {"code": src, "name": language_name(src)},
+                    "target": {"code": tgt, "name": language_name(tgt)},
+                },
+            }
+        )
+
+    async def openapi(self, request: Request) -> Response:
+        return JSONResponse(openapi_document())
+
+    # ------------------------------------------------------------------ work
+    async def translate(self, request: Request) -> Response:
+        return await self._serve("http_translate", request, self._translate)
+
+    async def detect(self, request: Request) -> Response:
+        return await self._serve("http_detect", request, self._detect)
+
+    async def _serve(
+        self, method: str, request: Request, work: Callable[[Request, dict[str, Any]], Awaitable[Any]]
+    ) -> Response:
+        """Refuse during a drain, read the body, check the key, run ``work`` until done or the
+        client leaves; map every failure to its status."""
+        try:
+            with self._call(method) as code:
+                try:
+                    fields = await read_body(request, self.backend.max_body_bytes)
+                    check_key(request, fields, self.backend.auth_token)
+                    return JSONResponse(await until_disconnect(request, work(request, fields)))
+                except AuthError as exc:
+                    code[0] = "UNAUTHENTICATED"
+                    return error(str(exc), 403)
+                except ClientGone:
+                    code[0] = "CANCELLED"
+                    return Response(status_code=499)  # nobody reads it
+                except Exception as exc:
+                    status = status_of(exc)
+                    code[0] = status.grpc_name
+                    if status is Status.INTERNAL:
+                        log.error("unexpected error while serving %s", request.url.path, exc_info=exc)
+                        return error(f"internal server error ({type(exc).__name__}); see the server log", 500)
+                    return error(str(exc), status.http_status)
+        except Draining:
+            return error(DRAINING, 503, {"Retry-After": "1"})
+
+    def _call(self, method: str) -> AbstractContextManager[list[str]]:
+        if self.backend.draining:
+            raise Draining
+        return self.backend.call(method)
+
+    async def _translate(self, request: Request, raw: dict[str, Any]) -> dict[str, Any]:
+        fields = translate_fields(raw)
+        detected: list[tuple[str, float]] | None = None
+        sources = [fields.source] * len(fields.texts)
+        if fields.source == AUTO:
+            detected = await self._detect_sources(fields)
+            sources = [language for language, _ in detected]
+        results = await self._translate_by_source(fields, sources)
+        texts = [r.text for r in results]
+        body: dict[str, Any] = {"translatedText": texts if fields.batch else texts[0]}
+        if detected is not None:
+            found = [{"language": lang, "confidence": percent(p)} for lang, p in detected]
+            body["detectedLanguage"] = found if fields.batch else found[0]
+        if fields.alternatives:
+            alternatives = [r.hypotheses[1 : fields.alternatives + 1] for r in results]
+            body["alternatives"] = alternatives if fields.batch else alternatives[0]
+        return body
+
+    async def _detect_sources(self, fields: TranslateFields) -> list[tuple[str, float]]:
+        """Per text: the most likely language that some model translates into ``target``."""
+        registry = self.backend.registry
+        candidates = {m.source_language for m in registry if m.target_language == fields.target}
+        candidates.add(fields.target)  # text already in the target language is returned as it is
+        ranked = await detect_languages(list(fields.texts))
+        out = []
+        for i, ranking in enumerate(ranked):
+            usable = [(lang, p) for lang, p in ranking if lang in candidates]
+            if usable:
+                out.append(usable[0])
+            elif ranking:
+                lang = ranking[0][0]
+                raise FieldError(
+                    f"q{f'[{i}]' if fields.batch else ''} looks like {language_name(lang)} ({lang}); no model "
+                    f"translates {lang}-{fields.target}; served: {registry.served()}"
+                )
+            else:
+                out.append((fields.target, 0.0))  # nothing to detect (blank): pass it through
+        return out
+
+    async def _translate_by_source(self, fields: TranslateFields, sources: list[str]) -> list[TranslationResult]:
+        """One shared request per source language (``auto`` may find several), run side by side."""
+        options = decode_options(fields)
+        groups: dict[str, list[int]] = {}
+        for i, src in enumerate(sources):
+            groups.setdefault(src, []).append(i)
+        results: list[TranslationResult | None] = [None] * len(fields.texts)
+
+        async def run(src: str, positions: list[int]) -> None:
+            texts = tuple(fields.texts[i] for i in positions)
+            if src == fields.target and self._hosts(src):
+                out = [TranslationResult(text=t, hypotheses=[t]) for t in texts]  # already in the target language
+            else:
+                shared = TranslationRequest(
+                    texts=texts, options=options, source_language=src, target_language=fields.target
+                )
+                out = await self.backend.translate(shared)
+            for i, r in zip(positions, out, strict=True):
+                results[i] = r
+
+        await gather_or_cancel([run(src, positions) for src, positions in groups.items()])
+        return [r for r in results if r is not None]
+
+    def _hosts(self, language: str) -> bool:
+        return any(language in (m.source_language, m.target_language) for m in self.backend.registry)
+
+    async def _detect(self, request: Request, raw: dict[str, Any]) -> list[dict[str, Any]]:
+        text = text_field(raw, "q")
+        ranking = (await detect_languages([text]))[0]
+        hosted = [(lang, p) for lang, p in ranking if self._hosts(lang)]
+        return [{"language": lang, "confidence": percent(p)} for lang, p in (hosted or ranking)]
+
+
+# ---------------------------------------------------------------------------------------------- helpers
+def decode_options(fields: TranslateFields) -> DecodeOptions:
+    """The shared options for the LibreTranslate fields: ``alternatives`` widens the n-best list (and
+    the beam when it must)."""
+    default = DecodeOptions()
+    n = fields.alternatives + 1
+    return DecodeOptions(
+        beam_size=max(default.beam_size, n),
+        num_hypotheses=n,
+        text=TextOptions(format=fields.format),
+    )
+
+
+def languages(registry: ModelRegistry) -> list[dict[str, Any]]:
+    """LibreTranslate's ``/languages``: every language a hosted model reads or writes, with the
+    languages it can be translated into, sorted by code."""
+    targets: dict[str, list[str]] = {}
+    for m in registry:
+        targets.setdefault(m.source_language, [])
+        targets.setdefault(m.target_language, [])
+        if m.target_language not in targets[m.source_language]:
+            targets[m.source_language].append(m.target_language)
+    return [{"code": c, "name": language_name(c), "targets": sorted(t)} for c, t in sorted(targets.items())]
+
+
+def percent(probability: float) -> float:
+    """A 0–1 detection probability as LibreTranslate's 0–100 confidence."""
+    return round(100.0 * min(max(probability, 0.0), 1.0), 2)
+
+
+async def until_disconnect(request: Request, work: Awaitable[T]) -> T:
+    """``await work``, cancelling it (and with it the engine work) if the client disconnects first."""
+    task = asyncio.ensure_future(work)
+
+    async def disconnected() -> None:
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
+
+    watcher = asyncio.ensure_future(disconnected())
+    try:
+        await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+    except asyncio.CancelledError:
+        task.cancel()
+        raise
+    finally:
+        watcher.cancel()
+    if not task.done():
+        task.cancel()
+        raise ClientGone
+    return task.result()
+
+
+async def gather_or_cancel(works: list[Awaitable[None]]) -> None:
+    """Run side by side; the first failure cancels the others and is raised."""
+    tasks = [asyncio.ensure_future(w) for w in works]
+    try:
+        await asyncio.gather(*tasks)
+    finally:
+        for t in tasks:
+            t.cancel()
