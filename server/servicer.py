@@ -137,6 +137,10 @@ class TranslationServicer(pb_grpc.TranslationServiceServicer):
             code[0] = "DEADLINE_EXCEEDED" if context is not None and _expired(context) else "CANCELLED"
             raise
         finally:
+            if code[0] == "OK" and context is not None and context.time_remaining() == 0:
+                # Finished after its deadline (e.g. a stream whose input ended because the deadline
+                # cut the call off): the client got DEADLINE_EXCEEDED, so count that.
+                code[0] = "DEADLINE_EXCEEDED"
             self._inflight -= 1
             if self._inflight == 0:
                 self._idle.set()
@@ -386,10 +390,16 @@ class TranslationServicer(pb_grpc.TranslationServiceServicer):
             return END
 
 
+DEADLINE_SLACK_S = 0.25
+"""A call cut off this close to its deadline counts as DEADLINE_EXCEEDED: the client's deadline
+passes first (and it resets the stream) while the server's copy, counted from when the call
+arrived, still has the transit time left."""
+
+
 def _expired(context: grpc.aio.ServicerContext) -> bool:
-    """Whether the call's deadline has passed."""
+    """Whether the call's deadline has passed (within ``DEADLINE_SLACK_S``)."""
     remaining = context.time_remaining()
-    return remaining is not None and remaining <= 0.001
+    return remaining is not None and remaining <= DEADLINE_SLACK_S
 
 
 def _retrieve(task: asyncio.Future[Any]) -> None:
