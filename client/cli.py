@@ -2,59 +2,55 @@
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
-from collections.abc import Iterator
-from contextlib import ExitStack
-from typing import TextIO
+
+from ferry.model.options import DecodeOptions
 
 from .client import TranslationClient
 from .errors import FerryError
+from .lines import translate_lines
 
 
-def _lines(src: TextIO) -> Iterator[str]:
-    for line in src:
-        yield line.rstrip("\n").rstrip("\r")
-
-
-def _count_lines(path: str) -> int:
-    with open(path, "rb") as f:
-        return sum(1 for _ in f)
-
-
-def translate_remote(args: argparse.Namespace) -> int:
-    """Translate stdin (or ``-i``) to stdout (or ``-o``) through ``args.server``; 1 on a server error."""
-    from tqdm import tqdm
-
-    if args.model:
-        raise ValueError("--model is for local translation; with --server the model is picked by -s/-t")
-    token = args.token or os.environ.get("FERRY_TOKEN")
-    client = TranslationClient(args.server, timeout=args.timeout, ca_cert=args.tls_ca, token=token)
-    with ExitStack() as stack:
-        stack.enter_context(client)
-        src: TextIO = stack.enter_context(open(args.input, encoding="utf-8")) if args.input else sys.stdin
-        dst: TextIO = stack.enter_context(open(args.output, "w", encoding="utf-8")) if args.output else sys.stdout
-        total = _count_lines(args.input) if args.input else None
-        bar = stack.enter_context(tqdm(total=total, unit="line", disable=not args.input, file=sys.stderr))
-        results = client.translate_stream(
-            _lines(src),
-            args.source_language,
-            args.target_language,
-            batch_size=args.batch_size,
-            beam_size=args.beam_size,
-            max_length=args.max_length,
-            return_scores=args.scores,
-            timeout=args.timeout,
-        )
+def translate_remote(
+    server: str,
+    *,
+    source_language: str,
+    target_language: str,
+    options: DecodeOptions | None = None,
+    input: str | None = None,
+    output: str | None = None,
+    batch_size: int = 32,
+    timeout: float | None = 60.0,
+    token: str | None = None,
+    tls_ca: str | None = None,
+) -> int:
+    """Translate the lines of ``input`` (default stdin) to ``output`` (default stdout) through the
+    server at ``server`` (HOST:PORT), ``batch_size`` lines per stream message; ``token`` defaults to
+    ``$FERRY_TOKEN``. Returns 0, or 1 after printing the server's error."""
+    options = options if options is not None else DecodeOptions()
+    token = token or os.environ.get("FERRY_TOKEN")
+    with TranslationClient(server, timeout=timeout, ca_cert=tls_ca, token=token) as client:
         try:
-            for done, r in enumerate(results, 1):
-                dst.write(f"{r.score:.4f}\t{r.text}\n" if args.scores else f"{r.text}\n")
-                if done % args.batch_size == 0:
-                    dst.flush()
-                bar.update(1)
+            translate_lines(
+                lambda lines: client.translate_stream(
+                    lines,
+                    source_language,
+                    target_language,
+                    batch_size=batch_size,
+                    beam_size=options.beam_size,
+                    max_length=options.max_length,
+                    length_penalty=options.length_penalty,
+                    num_hypotheses=options.num_hypotheses,
+                    return_scores=options.return_scores,
+                    timeout=timeout,
+                ),
+                input=input,
+                output=output,
+                scores=options.return_scores,
+                flush_every=batch_size,
+            )
         except FerryError as err:
             print(f"ferry translate: error: {err}", file=sys.stderr)
             return 1
-        dst.flush()
     return 0

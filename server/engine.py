@@ -24,6 +24,7 @@ from ferry.model.backend import Backend
 from ferry.model.options import TranslationResult, blank_result, check_texts, is_blank
 from ferry.model.pipeline import merge_results, split_texts
 
+from .config import EngineConfig
 from .queue import RequestQueue
 from .requests import (
     DeadlineExceededError,
@@ -56,39 +57,6 @@ __all__ = [
 ]
 
 log = logging.getLogger("ferry.server.engine")
-
-
-@dataclass(frozen=True)
-class EngineConfig:
-    """Limits of one engine (one model)."""
-
-    max_batch_tokens: int = 8192
-    """Token budget of the running batch: each running sentence reserves
-    ``beam_size * (source tokens + output limit)`` tokens, the most attention positions its rows can
-    hold. New sentences join only while the sum stays within this budget (one sentence over it still
-    runs, alone). A reserved token holds K and V of every decoder layer: 24 KiB in float32 with
-    d_model 512 and 6 layers, so 8192 tokens are ~200 MiB of cache (up to about twice that with
-    source padding and capacity doubling)."""
-    max_batch_rows: int = 128
-    """Most decoder rows in the running batch (a sentence takes ``beam_size`` rows)."""
-    max_queue_sentences: int = 4096
-    """Most non-empty sentences waiting to be admitted; a request that does not fit gets
-    ``QueueFullError`` (gRPC RESOURCE_EXHAUSTED) at once instead of waiting."""
-    max_input_tokens: int | None = None
-    """Most source tokens (EOS included) per text; ``None``: the model's ``max_positions``."""
-    admit_batch: int = 8
-    """While sentences are running, newcomers join once this many wait (one encoder batch for all of
-    them instead of one per arrival) or after ``admit_every_steps`` steps, whichever comes first."""
-    admit_every_steps: int = 4
-    """Most decode steps a newcomer waits for company before it joins (1 = join at the next step)."""
-
-    def __post_init__(self) -> None:
-        for name in ("max_batch_tokens", "max_batch_rows", "max_queue_sentences"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"EngineConfig.{name}={value!r} is invalid; it must be an integer >= 1")
-        if self.max_input_tokens is not None and (isinstance(self.max_input_tokens, bool) or self.max_input_tokens < 1):
-            raise ValueError(f"EngineConfig.max_input_tokens={self.max_input_tokens!r} is invalid; use >= 1 or None")
 
 
 @dataclass(frozen=True)

@@ -14,11 +14,13 @@ LOG_LEVELS = ("debug", "info", "warning", "error")
 _RECORD_FIELDS = set(logging.makeLogRecord({}).__dict__) | {"message", "asctime"}
 
 
-def _env(name: str, default: str | None) -> str | None:
+def _env(name: str, default: str | int | None) -> str | int | None:
     return os.environ.get(name, default)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    from ferry.server.config import EngineConfig  # light: no torch at import time
+
     p.add_argument(
         "--model",
         action="append",
@@ -58,25 +60,25 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--max-batch-tokens",
         type=int,
-        default=_env("FERRY_MAX_BATCH_TOKENS", "8192"),
-        help="token budget of the running batch (FERRY_MAX_BATCH_TOKENS)",
+        default=_env("FERRY_MAX_BATCH_TOKENS", EngineConfig.max_batch_tokens),
+        help="token budget of the running batch (FERRY_MAX_BATCH_TOKENS; default %(default)s)",
     )
     p.add_argument(
         "--max-batch-rows",
         type=int,
-        default=_env("FERRY_MAX_BATCH_ROWS", "128"),
-        help="most decoder rows in the running batch (FERRY_MAX_BATCH_ROWS)",
+        default=_env("FERRY_MAX_BATCH_ROWS", EngineConfig.max_batch_rows),
+        help="most decoder rows in the running batch (FERRY_MAX_BATCH_ROWS; default %(default)s)",
     )
     p.add_argument(
         "--max-queue",
         type=int,
-        default=_env("FERRY_MAX_QUEUE", "4096"),
-        help="most sentences waiting per model; more gets RESOURCE_EXHAUSTED (FERRY_MAX_QUEUE)",
+        default=_env("FERRY_MAX_QUEUE", EngineConfig.max_queue_sentences),
+        help="most sentences waiting per model; more gets RESOURCE_EXHAUSTED (FERRY_MAX_QUEUE; default %(default)s)",
     )
     p.add_argument(
         "--max-input-tokens",
         type=int,
-        default=_env("FERRY_MAX_INPUT_TOKENS", None),
+        default=_env("FERRY_MAX_INPUT_TOKENS", EngineConfig.max_input_tokens),
         help="most source tokens per text (FERRY_MAX_INPUT_TOKENS); default: the model's limit",
     )
     p.add_argument(

@@ -8,33 +8,38 @@ import dataclasses
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     from ferry.model.config import PRESETS  # light: no torch at import time
+    from ferry.model.train_config import TrainConfig as C
 
     p.add_argument("--train-src", required=True, help="training source text (plain or .gz)")
     p.add_argument("--train-tgt", required=True, help="training target text, line-aligned")
     p.add_argument("--valid-src", required=True, help="validation source text")
     p.add_argument("--valid-tgt", required=True, help="validation target text")
-    p.add_argument("-s", "--source-language", default="en")
-    p.add_argument("-t", "--target-language", default="de")
+    p.add_argument("-s", "--source-language", default=C.source_language, help="default %(default)s")
+    p.add_argument("-t", "--target-language", default=C.target_language, help="default %(default)s")
     p.add_argument("--out", required=True, help="run directory (checkpoints land in OUT/best, OUT/last)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last saved state")
-    p.add_argument("--preset", default="small", choices=sorted(PRESETS))
-    p.add_argument("--vocab-size", type=int, default=8000)
-    p.add_argument("--max-tokens", type=int, default=4096, help="padded tokens per batch")
-    p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--warmup-steps", type=int, default=2000)
-    p.add_argument("--label-smoothing", type=float, default=0.1)
-    p.add_argument("--clip-norm", type=float, default=1.0)
-    p.add_argument("--max-epochs", type=int, default=40)
-    p.add_argument("--max-steps", type=int, default=0, help="0 = no limit")
-    p.add_argument("--save-every", type=int, default=500, help="steps between resumable saves")
-    p.add_argument("--average-last", type=int, default=0, help="average the last K snapshots at the end")
-    p.add_argument("--valid-beam-size", type=int, default=1)
-    p.add_argument("--valid-limit", type=int, default=0, help="BLEU on the first N validation lines (0 = all)")
-    p.add_argument("--seed", type=int, default=1)
-    p.add_argument("--weights-dtype", default="float16", choices=["float16", "float32"])
-    p.add_argument("--device", default="auto")
-    p.add_argument("--init-from", default="", help="warm start from this model directory (weights + spm.model)")
-    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = default)")
+    p.add_argument("--preset", default=C.preset, choices=sorted(PRESETS), help="default %(default)s")
+    p.add_argument("--vocab-size", type=int, default=C.vocab_size, help="default %(default)s")
+    p.add_argument("--max-tokens", type=int, default=C.max_tokens, help="padded tokens per batch (default %(default)s)")
+    p.add_argument("--lr", type=float, default=C.lr, help="default %(default)s")
+    p.add_argument("--warmup-steps", type=int, default=C.warmup_steps, help="default %(default)s")
+    p.add_argument("--label-smoothing", type=float, default=C.label_smoothing, help="default %(default)s")
+    p.add_argument("--clip-norm", type=float, default=C.clip_norm, help="default %(default)s")
+    p.add_argument("--max-epochs", type=int, default=C.max_epochs, help="default %(default)s")
+    p.add_argument("--max-steps", type=int, default=C.max_steps, help="0 = no limit (default %(default)s)")
+    p.add_argument("--save-every", type=int, default=C.save_every, help="steps between resumable saves")
+    p.add_argument("--average-last", type=int, default=C.average_last, help="average the last K snapshots at the end")
+    p.add_argument("--valid-beam-size", type=int, default=C.valid_beam_size, help="default %(default)s")
+    p.add_argument(
+        "--valid-limit", type=int, default=C.valid_limit, help="BLEU on the first N validation lines (0 = all)"
+    )
+    p.add_argument("--seed", type=int, default=C.seed, help="default %(default)s")
+    p.add_argument("--weights-dtype", default=C.weights_dtype, choices=["float16", "float32"])
+    p.add_argument("--device", default=C.device, help="default %(default)s")
+    p.add_argument(
+        "--init-from", default=C.init_from, help="warm start from this model directory (weights + spm.model)"
+    )
+    p.add_argument("--threads", type=int, default=C.threads, help="torch CPU threads (0 = default)")
 
 
 def run(args: argparse.Namespace) -> int:
