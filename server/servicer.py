@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -23,6 +23,7 @@ from ferry.model.translator import TranslationResult
 from ferry.proto.v1 import translation_pb2 as pb
 from ferry.proto.v1 import translation_pb2_grpc as pb_grpc
 
+from . import text_routing
 from .errors import RpcFailure, invalid, to_failure, unavailable
 from .metrics import Metrics
 from .registry import ModelRegistry, ServedModel
@@ -209,9 +210,36 @@ class TranslationServicer(pb_grpc.TranslationServiceServicer):
             self.metrics.observe("ListModels", "OK", 0.0)
         return response
 
+    async def Detect(self, request: pb.DetectRequest, context: grpc.aio.ServicerContext) -> pb.DetectResponse:
+        failure: RpcFailure | None = None
+        try:
+            with self._call("Detect", context) as code:
+                try:
+                    self._check_texts(request.texts)
+                    return await text_routing.detect_response(self._pool, list(request.texts))
+                except Exception as exc:
+                    failure = to_failure(exc)
+                    code[0] = failure.code.name
+        except RpcFailure as exc:  # refused: draining
+            failure = exc
+        assert failure is not None
+        await context.abort(failure.code, failure.message)
+        raise AssertionError("unreachable: abort raises")
+
     # ------------------------------------------------------------------ one batch
-    def _validate(self, request: pb.TranslateRequest) -> tuple[ServedModel, DecodeOptions]:
-        texts = request.texts
+    def _validate(self, request: pb.TranslateRequest, source: str | None = None) -> tuple[ServedModel, DecodeOptions]:
+        """Limits, model and options; ``source`` overrides ``request.source_language`` (detected)."""
+        self._check_texts(request.texts)
+        src = request.source_language if source is None else source
+        model = self.registry.resolve(src, request.target_language, request.model_id)
+        options = text_routing.with_text_options(decode_options(request.options), request, model.source_language)
+        try:
+            options.validate(model.max_length)
+        except ValueError as exc:
+            raise invalid(f"options.{exc}") from None
+        return model, options
+
+    def _check_texts(self, texts: Sequence[str]) -> None:
         lim = self.limits
         if not texts:
             raise invalid(f"texts is empty; send 1 to {lim.max_texts} texts per request")
@@ -226,17 +254,12 @@ class TranslationServicer(pb_grpc.TranslationServiceServicer):
                     f"texts[{i}] has {len(text)} characters; the limit is {lim.max_text_chars} per text; "
                     "split it into sentences"
                 )
-        model = self.registry.resolve(request.source_language, request.target_language, request.model_id)
-        options = decode_options(request.options)
-        try:
-            options.validate(model.max_length)
-        except ValueError as exc:
-            raise invalid(f"options.{exc}") from None
-        return model, options
 
     async def _translate(
         self, request: pb.TranslateRequest, context: grpc.aio.ServicerContext, *, wait_for_queue: bool
     ) -> pb.TranslateResponse:
+        if text_routing.is_auto(request):
+            return await text_routing.translate_auto(self, request, context, wait_for_queue=wait_for_queue)
         model, options = self._validate(request)
         remaining = context.time_remaining()
         deadline = None if remaining is None else time.monotonic() + remaining

@@ -103,6 +103,14 @@ def service_handler(servicer: TranslationServicer) -> grpc.GenericRpcHandler:
             raise
         return await servicer.ListModels(request, context)
 
+    async def detect(raw: bytes, context: grpc.aio.ServicerContext) -> pb.DetectResponse:
+        try:
+            request = parse("Detect", pb.DetectRequest, raw)
+        except RpcFailure as failure:
+            await refuse("Detect", failure, context)
+            raise
+        return await servicer.Detect(request, context)
+
     async def translate_stream(raw_messages: AsyncIterator[bytes], context: grpc.aio.ServicerContext) -> None:
         async def messages() -> AsyncIterator[pb.TranslateRequest]:
             async for raw in raw_messages:
@@ -136,6 +144,9 @@ def service_handler(servicer: TranslationServicer) -> grpc.GenericRpcHandler:
             ),
             "ListModels": grpc.unary_unary_rpc_method_handler(
                 list_models, response_serializer=pb.ListModelsResponse.SerializeToString
+            ),
+            "Detect": grpc.unary_unary_rpc_method_handler(
+                detect, response_serializer=pb.DetectResponse.SerializeToString
             ),
         },
     )
