@@ -94,7 +94,10 @@ Translate = Callable[[list[str]], tuple[list[str], int]]
 
 
 def output_limit(source_tokens: int) -> int:
-    from ferry.model.translator import MAX_LENGTH_EXTRA, MAX_LENGTH_RATIO
+    try:
+        from ferry.model.options import MAX_LENGTH_EXTRA, MAX_LENGTH_RATIO
+    except ImportError:  # before model/options.py
+        from ferry.model.translator import MAX_LENGTH_EXTRA, MAX_LENGTH_RATIO  # type: ignore[attr-defined,no-redef]
 
     return int(MAX_LENGTH_RATIO * source_tokens + MAX_LENGTH_EXTRA)
 

@@ -25,6 +25,10 @@ class Attention(nn.Module):
         self.k_proj = nn.Linear(cfg.d_model, kv_dim, bias=cfg.attention_bias)
         self.v_proj = nn.Linear(cfg.d_model, kv_dim, bias=cfg.attention_bias)
         self.out_proj = nn.Linear(cfg.d_model, cfg.d_model, bias=cfg.attention_bias)
+        self.qkv_proj: nn.Module | None = None
+        """Q, K and V in one GEMM (set by ``fastpath.fuse_projections`` for self-attention)."""
+        self.kv_proj: nn.Module | None = None
+        """K and V in one GEMM (set by ``fastpath.fuse_projections`` for cross-attention)."""
 
     def project_q(self, x: Tensor) -> Tensor:
         b, t, _ = x.shape
@@ -33,9 +37,26 @@ class Attention(nn.Module):
 
     def project_kv(self, x: Tensor) -> tuple[Tensor, Tensor]:
         b, s, _ = x.shape
+        if self.kv_proj is not None:
+            kv = self.kv_proj(x).view(b, s, 2, self.n_kv_heads, self.head_dim)  # (B, S, 2, Hkv, D)
+            return kv[:, :, 0].transpose(1, 2), kv[:, :, 1].transpose(1, 2)  # (B, Hkv, S, D) each
         k = self.k_proj(x).view(b, s, self.n_kv_heads, self.head_dim)  # (B, S, Hkv, D)
         v = self.v_proj(x).view(b, s, self.n_kv_heads, self.head_dim)  # (B, S, Hkv, D)
         return k.transpose(1, 2), v.transpose(1, 2)  # (B, Hkv, S, D) each
+
+    def project_qkv(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Self-attention projections: q (B, H, T, D), k and v (B, Hkv, T, D)."""
+        if self.qkv_proj is None:
+            k, v = self.project_kv(x)
+            return self.project_q(x), k, v
+        b, t, _ = x.shape
+        h, hkv, d = self.n_heads, self.n_kv_heads, self.head_dim
+        qkv = self.qkv_proj(x)  # (B, T, (H + 2 Hkv) D)
+        q, k, v = qkv.split([h * d, hkv * d, hkv * d], dim=-1)
+        q = q.view(b, t, h, d).transpose(1, 2)  # (B, H, T, D)
+        k = k.view(b, t, hkv, d).transpose(1, 2)  # (B, Hkv, T, D)
+        v = v.view(b, t, hkv, d).transpose(1, 2)  # (B, Hkv, T, D)
+        return q, k, v
 
     def attend(
         self,
@@ -70,8 +91,12 @@ class Attention(nn.Module):
         is_causal: bool = False,
     ) -> Tensor:
         """Full-sequence attention (training, encoder): keys come from ``memory`` or ``x``."""
-        k, v = self.project_kv(x if memory is None else memory)
-        return self.attend(self.project_q(x), k, v, mask=mask, is_causal=is_causal)
+        if memory is None:
+            q, k, v = self.project_qkv(x)
+        else:
+            q = self.project_q(x)
+            k, v = self.project_kv(memory)
+        return self.attend(q, k, v, mask=mask, is_causal=is_causal)
 
 
 def padding_mask(lengths: Tensor, max_len: int) -> Tensor:

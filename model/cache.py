@@ -17,13 +17,20 @@ class DecoderCache:
     """Per-layer K/V for ``R`` decoder rows.
 
     Shapes (views): ``self_k[l]``/``self_v[l]``: (R, Hkv, T_cap, D); ``cross_k[l]``/``cross_v[l]``:
-    (R, Hkv, S, D) with S the longest source still present; ``lengths``: (R,) tokens already in the
-    self-attention cache; ``src_lengths``: (R,) real source tokens (the rest of S is padding).
+    (R / group, Hkv, S, D) with S the longest source still present; ``lengths``: (R,) tokens already in
+    the self-attention cache; ``src_lengths``: (R,) real source tokens (the rest of S is padding).
 
-    The views are the first R rows of base buffers that keep spare rows: rows that join are copied
-    into the spare rows (the running rows are not copied), and reorders/drops move only the rows
-    whose position changes. Positions a row has not written hold zeros or stale finite values, which
-    the attention masks exclude. Host-side mirrors of the lengths avoid device syncs in the loop.
+    Storage is one row-major buffer for the self-attention K/V of every layer, (R_cap, L, 2, Hkv,
+    T_cap, D), and one for cross-attention, (N_cap, L, 2, Hkv, S_cap, D): a row edit is one copy for
+    all layers. ``group`` consecutive rows (the beams of one sentence) share one cross-attention row:
+    ``select_rows`` with the ``repeat_interleave`` pattern of a beam expansion sets ``group`` instead of
+    copying encoder K/V per beam.
+
+    The views are the first rows of base buffers that keep spare rows: rows that join are copied
+    into the spare rows (the running rows are not copied); reorders/drops move only the rows whose
+    position changes, or, when most rows move (beam search), gather into a spare buffer that is then
+    swapped in. Positions a row has not written hold zeros or stale finite values, which the
+    attention masks exclude. Host-side mirrors of the lengths avoid device syncs in the loop.
     """
 
     def __init__(
@@ -41,10 +48,13 @@ class DecoderCache:
             raise ValueError("cross_k and cross_v need one tensor per layer each")
         ref = cross_k[0]
         rows, kv_heads, src_width, head_dim = ref.shape
-        self._cross_k = list(cross_k)  # bases: (R_cap, Hkv, S_cap, D)
-        self._cross_v = list(cross_v)
-        self._self_k = [ref.new_zeros(rows, kv_heads, capacity, head_dim) for _ in cross_k]  # (R_cap, Hkv, T_cap, D)
-        self._self_v = [ref.new_zeros(rows, kv_heads, capacity, head_dim) for _ in cross_k]
+        layers = len(cross_k)
+        self._cross = torch.stack([torch.stack([k, v], dim=1) for k, v in zip(cross_k, cross_v)], dim=1)
+        # (N_cap, L, 2, Hkv, S_cap, D)
+        self._self = ref.new_zeros(rows, layers, 2, kv_heads, capacity, head_dim)  # (R_cap, L, 2, Hkv, T_cap, D)
+        self._spare: Tensor | None = None  # same shape as _self, allocated on the first full reorder
+        self.group = 1
+        """Consecutive rows sharing one cross-attention row (beams of one sentence)."""
         self.src_lengths = src_lengths
         self.src_lengths_host = list(src_lengths_host) if src_lengths_host is not None else src_lengths.tolist()
         self.lengths = torch.zeros(rows, dtype=torch.long, device=ref.device)
@@ -52,6 +62,7 @@ class DecoderCache:
         self._src_width = src_width
         self._step_len = 0
         self._step_rows: Tensor | None = None  # set by begin_step()
+        self._cross_bias: Tensor | None = None  # additive cross mask, rebuilt when rows change
         self.max_rows = max_rows
         """Most rows the base buffers grow to in one go (the serving batch limit); None = no bound
         beyond twice the rows in use."""
@@ -60,11 +71,16 @@ class DecoderCache:
         self._refresh_views()
 
     def _refresh_views(self) -> None:
-        r, s = self.num_rows, self._src_width
-        self.self_k = [b[:r] for b in self._self_k]
-        self.self_v = [b[:r] for b in self._self_v]
-        self.cross_k = [b[:r, :, :s] for b in self._cross_k]
-        self.cross_v = [b[:r, :, :s] for b in self._cross_v]
+        s, n = self._src_width, self.num_sources
+        self._refresh_self_views()
+        self.cross_k = [self._cross[:n, layer, 0, :, :s] for layer in range(self.num_layers)]  # (N, Hkv, S, D)
+        self.cross_v = [self._cross[:n, layer, 1, :, :s] for layer in range(self.num_layers)]
+        self._cross_bias = None
+
+    def _refresh_self_views(self) -> None:
+        r = self.num_rows
+        self.self_k = [self._self[:r, layer, 0] for layer in range(self.num_layers)]  # (R, Hkv, T_cap, D)
+        self.self_v = [self._self[:r, layer, 1] for layer in range(self.num_layers)]
 
     # ------------------------------------------------------------------ sizes
     @property
@@ -72,33 +88,38 @@ class DecoderCache:
         return len(self.lengths_host)
 
     @property
+    def num_sources(self) -> int:
+        """Cross-attention rows in use: ``num_rows / group``."""
+        return self.num_rows // self.group
+
+    @property
     def num_layers(self) -> int:
-        return len(self._cross_k)
+        return int(self._cross.shape[1])
 
     @property
     def capacity(self) -> int:
         """Self-attention positions per row before the buffers grow."""
-        return self._self_k[0].shape[2] if self._self_k else 0
+        return int(self._self.shape[4])
 
     @property
     def row_capacity(self) -> int:
         """Rows the base buffers hold before a join must reallocate."""
-        return min(self._self_k[0].shape[0], self._cross_k[0].shape[0])
+        return min(int(self._self.shape[0]), int(self._cross.shape[0]) * self.group)
 
     @property
     def max_length(self) -> int:
         return max(self.lengths_host, default=0)
 
     def size_bytes(self) -> int:
-        """Bytes held by all K/V buffers (allocated capacity, spare rows included)."""
-        tensors = [*self._self_k, *self._self_v, *self._cross_k, *self._cross_v]
+        """Bytes held by all K/V buffers (allocated capacity, spare rows and reorder buffer included)."""
+        tensors = [t for t in (self._self, self._cross, self._spare) if t is not None]
         return sum(t.numel() * t.element_size() for t in tensors)
 
     # ------------------------------------------------------------------ step
     @property
     def source_capacity(self) -> int:
         """Source positions the cross-attention buffers hold before a join must reallocate."""
-        return self._cross_k[0].shape[2] if self._cross_k else 0
+        return int(self._cross.shape[4])
 
     def ensure_capacity(self, needed: int) -> None:
         """Grow the self-attention buffers (doubling, up to ``max_positions``) so that ``needed`` fit."""
@@ -132,23 +153,27 @@ class DecoderCache:
 
     def _reallocate(self, rows: int, t_cap: int, s_cap: int) -> None:
         """New base buffers of the given sizes holding the current rows' contents."""
-        r, t, s = self.num_rows, self.max_length, self._src_width
-        for bases, width, keep in (
-            (self._self_k, t_cap, t),
-            (self._self_v, t_cap, t),
-            (self._cross_k, s_cap, s),
-            (self._cross_v, s_cap, s),
-        ):
-            for layer, old in enumerate(bases):
-                new = old.new_zeros(rows, old.shape[1], width, old.shape[3])  # (R_cap, Hkv, width, D)
-                new[:r, :, :keep] = old[:r, :, :keep]
-                bases[layer] = new
+        r, t, s, n = self.num_rows, self.max_length, self._src_width, self.num_sources
+        old = self._self
+        shape = list(old.shape)
+        shape[0], shape[4] = rows, t_cap
+        new = old.new_zeros(shape)  # (R_cap, L, 2, Hkv, T_cap, D)
+        new[:r, :, :, :, :t] = old[:r, :, :, :, :t]
+        self._self = new
+        self._spare = None
+        old = self._cross
+        shape = list(old.shape)
+        shape[0], shape[4] = max(-(-rows // self.group), n), s_cap
+        new = old.new_zeros(shape)  # (N_cap, L, 2, Hkv, S_cap, D)
+        new[:n, :, :, :, :s] = old[:n, :, :, :, :s]
+        self._cross = new
         self._refresh_views()
 
     def begin_step(self) -> tuple[Tensor | None, Tensor]:
         """Once per decode step, before the layers write: makes room for one more position and
-        returns the self-attention key mask ((R, 1, 1, T) bool, or ``None`` when every row is at the
-        same position, so nothing needs masking) and the cross-attention mask ((R, 1, 1, S))."""
+        returns the additive float masks (0 where a query may look, -inf elsewhere) of
+        self-attention ((R, 1, 1, T), or ``None`` when every row is at the same position, so nothing
+        needs masking) and cross-attention ((R / group, 1, 1, S), built once until rows change)."""
         t = self.max_length + 1
         self.ensure_capacity(t)
         self._step_len = t
@@ -158,8 +183,12 @@ class DecoderCache:
         else:
             self._step_rows = torch.arange(self.num_rows, device=self.lengths.device)
             positions = torch.arange(t, device=self.lengths.device)
-            mask = (positions[None, :] <= self.lengths[:, None])[:, None, None, :]  # (R, 1, 1, T)
-        return mask, self.cross_mask()
+            blocked = (positions[None, :] > self.lengths[:, None])[:, None, None, :]  # (R, 1, 1, T)
+            mask = self._self.new_zeros(blocked.shape).masked_fill_(blocked, float("-inf"))
+        if self._cross_bias is None:
+            blocked = ~self.cross_mask()[:: self.group]  # (N, 1, 1, S)
+            self._cross_bias = self._cross.new_zeros(blocked.shape).masked_fill_(blocked, float("-inf"))
+        return mask, self._cross_bias
 
     def write(self, layer: int, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
         """Store one step's K/V (R, Hkv, 1, D) at each row's position (after ``begin_step``) and
@@ -200,14 +229,27 @@ class DecoderCache:
         if indices.numel() != self.num_rows:
             raise ValueError(f"reorder needs {self.num_rows} indices, got {indices.numel()}; use select_rows")
         idx = indices.tolist()
-        self._take(idx, indices, cross=False)
+        self._take_self(idx, indices)
         self.lengths = self.lengths.index_select(0, indices)
         self.lengths_host = [self.lengths_host[i] for i in idx]
 
     def select_rows(self, indices: Tensor) -> None:
         """Keep rows ``indices`` in that order (drops finished/cancelled rows, duplicates rows)."""
         idx = indices.tolist()
-        self._take(idx, indices, cross=True)
+        r, g = self.num_rows, self.group
+        if g == 1 and r and len(idx) > r and len(idx) % r == 0 and idx == [i * r // len(idx) for i in range(len(idx))]:
+            cross_idx: list[int] | None = None  # beam expansion: each source row now serves len/r rows
+            new_group = len(idx) // r
+        else:
+            cross_idx = self._grouped_sources(idx)
+            if cross_idx is None:  # the rows no longer come in whole groups: one cross row per row
+                self._ungroup()
+                cross_idx = idx
+            new_group = self.group
+        self._take_self(idx, indices)
+        if cross_idx is not None:
+            self._cross = self._take_rows(self._cross, cross_idx, self._src_width, spare=False)
+        self.group = new_group
         self.lengths = self.lengths.index_select(0, indices)
         self.lengths_host = [self.lengths_host[i] for i in idx]
         self.src_lengths = self.src_lengths.index_select(0, indices)
@@ -216,24 +258,65 @@ class DecoderCache:
         self._refresh_views()
         self._shrink_if_oversized()
 
-    def _take(self, idx: list[int], indices: Tensor, *, cross: bool) -> None:
-        """Row ``i`` of the bases becomes old row ``idx[i]``, copying only the rows that move."""
-        groups = [(self._self_k, self.max_length), (self._self_v, self.max_length)]
-        if cross:
-            groups += [(self._cross_k, self._src_width), (self._cross_v, self._src_width)]
-        if len(idx) > self.row_capacity:  # more rows than the bases hold (beam expansion): gather anew
-            for bases, _ in groups:
-                for layer, b in enumerate(bases):
-                    bases[layer] = b.index_select(0, indices)  # (R', Hkv, width, D)
-            self._refresh_views()
+    def _grouped_sources(self, idx: list[int]) -> list[int] | None:
+        """The cross rows for new rows ``idx`` when they keep whole groups (each block of ``group``
+        new rows comes from one old group), else ``None``."""
+        g = self.group
+        if g == 1:
+            return idx
+        if len(idx) % g:
+            return None
+        sources = []
+        for start in range(0, len(idx), g):
+            src = idx[start] // g
+            if any(i // g != src for i in idx[start : start + g]):
+                return None
+            sources.append(src)
+        return sources
+
+    def _ungroup(self) -> None:
+        """Give every row its own cross-attention row (copies the shared encoder K/V)."""
+        if self.group == 1:
             return
+        n, r = self.num_sources, self.num_rows
+        rows = torch.arange(r, device=self._cross.device) // self.group
+        cap = max(int(self._cross.shape[0]) * self.group, r)
+        shape = list(self._cross.shape)
+        shape[0] = cap
+        new = self._cross.new_zeros(shape)  # (R_cap, L, 2, Hkv, S_cap, D)
+        new[:r] = self._cross[:n].index_select(0, rows)
+        self._cross = new
+        self.group = 1
+        self._refresh_views()
+
+    def _take_self(self, idx: list[int], indices: Tensor) -> None:
+        base = self._self
+        self._self = self._take_rows(base, idx, self.max_length, spare=True)
+        if self._self is not base:
+            self._refresh_self_views()
+
+    def _take_rows(self, base: Tensor, idx: list[int], width: int, *, spare: bool) -> Tensor:
+        """``base`` with row ``i`` holding old row ``idx[i]`` (in place when the rows fit). Few
+        moved rows: copy only those; most rows moved (beam reorders) and ``spare``: gather all into
+        the spare buffer and swap it in (the old base becomes the next spare)."""
+        if len(idx) > base.shape[0]:  # more rows than the base holds (beam expansion): gather anew
+            if spare:
+                self._spare = None
+            return base.index_select(0, torch.tensor(idx, device=base.device))  # (R', ...)
         moved = [i for i, j in enumerate(idx) if i != j]
-        if moved:
-            dst = torch.tensor(moved, device=indices.device)
-            src = indices.index_select(0, dst)
-            for bases, width in groups:
-                for b in bases:
-                    b[dst, :, :width] = b[src, :, :width]  # the right side is a copy: overlaps are safe
+        if not moved:
+            return base
+        if spare and 2 * len(moved) > len(idx) and width > 0:
+            if self._spare is None or self._spare.shape != base.shape:
+                self._spare = torch.empty_like(base)
+            out = self._spare
+            torch.index_select(base, 0, torch.tensor(idx, device=base.device), out=out[: len(idx)])
+            self._spare = base
+            return out
+        dst = torch.tensor(moved, device=base.device)
+        src = torch.tensor([idx[i] for i in moved], device=base.device)
+        base[dst, :, :, :, :width] = base[src, :, :, :, :width]  # the right side is a copy: overlaps are safe
+        return base
 
     def extend(self, other: DecoderCache) -> None:
         """Append ``other``'s rows after this cache's rows (new requests join a running batch).
@@ -242,21 +325,21 @@ class DecoderCache:
         fit; a wider source or a longer prefix reallocates at the current row capacity."""
         if other.num_layers != self.num_layers:
             raise ValueError(f"cannot join caches with {other.num_layers} and {self.num_layers} layers")
+        if self.num_rows == 0:
+            self.group = other.group
+        if other.group != self.group:
+            self._ungroup()
+            other._ungroup()
         r, extra = self.num_rows, other.num_rows
+        n, n_extra = self.num_sources, other.num_sources
         width = max(self._src_width, other._src_width)
         t_cap = max(self.capacity, other.max_length + 1)
         rows = self._grown_rows(r + extra)
         if rows > self.row_capacity or width > self.source_capacity or t_cap > self.capacity:
             self._reallocate(rows, t_cap, max(width, self.source_capacity))
         t_other, s_other = other.max_length, other._src_width
-        for mine, theirs, keep in (
-            (self._self_k, other.self_k, t_other),
-            (self._self_v, other.self_v, t_other),
-            (self._cross_k, other.cross_k, s_other),
-            (self._cross_v, other.cross_v, s_other),
-        ):
-            for layer in range(self.num_layers):
-                mine[layer][r : r + extra, :, :keep] = theirs[layer][:, :, :keep]  # (R', Hkv, keep, D)
+        self._self[r : r + extra, :, :, :, :t_other] = other._self[:extra, :, :, :, :t_other]
+        self._cross[n : n + n_extra, :, :, :, :s_other] = other._cross[:n_extra, :, :, :, :s_other]
         self.lengths = torch.cat([self.lengths, other.lengths])
         self.lengths_host = self.lengths_host + other.lengths_host
         self.src_lengths = torch.cat([self.src_lengths, other.src_lengths])

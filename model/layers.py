@@ -72,16 +72,23 @@ class DecoderLayer(nn.Module):
 
     def step(self, x: Tensor, cache: DecoderCache, layer: int, self_mask: Tensor | None, cross_mask: Tensor) -> Tensor:
         """One decoding position per row: x (R, 1, d). Writes this position's K/V into ``cache``;
-        the masks come from ``cache.begin_step()``, built once per step for all layers."""
+        the masks come from ``cache.begin_step()``, built once per step for all layers. The ``group``
+        beams sharing one cross-attention row attend to it as ``group`` queries of one sequence."""
 
         def self_block(h: Tensor) -> Tensor:
-            k_new, v_new = self.self_attn.project_kv(h)  # (R, Hkv, 1, D) each
+            q, k_new, v_new = self.self_attn.project_qkv(h)  # (R, H, 1, D), (R, Hkv, 1, D) ×2
             k, v = cache.write(layer, k_new, v_new)
-            return self.self_attn.attend(self.self_attn.project_q(h), k, v, mask=self_mask)
+            return self.self_attn.attend(q, k, v, mask=self_mask)
 
         def cross_block(h: Tensor) -> Tensor:
             q = self.cross_attn.project_q(h)  # (R, H, 1, D)
-            return self.cross_attn.attend(q, cache.cross_k[layer], cache.cross_v[layer], mask=cross_mask)
+            g = cache.group
+            if g == 1:
+                return self.cross_attn.attend(q, cache.cross_k[layer], cache.cross_v[layer], mask=cross_mask)
+            r, heads, _, d = q.shape
+            q = q.transpose(1, 2).reshape(r // g, g, heads, d).transpose(1, 2)  # (N, H, g, D): beams as queries
+            out = self.cross_attn.attend(q, cache.cross_k[layer], cache.cross_v[layer], mask=cross_mask)  # (N, g, d)
+            return out.reshape(r, 1, out.shape[-1])  # (R, 1, d)
 
         x = self.self_attn_res(x, self_block)
         x = self.cross_attn_res(x, cross_block)

@@ -11,6 +11,7 @@ import torch
 from .backend import BackendInfo
 from .cache import DecoderCache
 from .checkpoint import CheckpointInfo
+from .fastpath import prepare_for_inference
 from .loading import LoadedModel, load_model
 from .options import (
     DecodeOptions,
@@ -88,8 +89,8 @@ class Translator:
             self.device = resolve_device(device)
             self.dtype = resolve_dtype(dtype, self.device)
             self.quantized = dtype == INT8
-            weights: torch.dtype | Literal["int8"] = "int8" if self.quantized else self.dtype
-            loaded = load_model(self.path, device=self.device, dtype=weights)
+            loaded = load_model(self.path, device=self.device, dtype=self.dtype)
+            prepare_for_inference(loaded.model, device=self.device, dtype=self.dtype, quantize=self.quantized)
         # quantized: Linear weights are int8 (dtype="int8"); self.dtype is then the float32 of
         # activations and embeddings.
         self.model: Transformer = loaded.model.eval()

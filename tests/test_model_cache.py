@@ -14,7 +14,9 @@ def test_cross_attention_kv_computed_once_per_sequence(tiny_checkpoint: Path) ->
     t = Translator(tiny_checkpoint, device="cpu")
     rows_seen: list[int] = []
     hooks = [
-        layer.cross_attn.k_proj.register_forward_hook(lambda m, i, o: rows_seen.append(o.shape[0]))
+        (layer.cross_attn.kv_proj or layer.cross_attn.k_proj).register_forward_hook(
+            lambda m, i, o: rows_seen.append(o.shape[0])
+        )
         for layer in t.model.decoder_layers
     ]
     try:
