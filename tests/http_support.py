@@ -74,3 +74,44 @@ def copy_model(src: Path, dst: Path, **meta: str) -> Path:
     config.update(meta)
     (dst / "config.json").write_text(json.dumps(config))
     return dst
+
+
+CHROMIUM_FLAGS = (
+    "--headless=new",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-dev-shm-usage",
+    # The closed network refuses background connections: make none.
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--disable-extensions",
+    "--disable-default-apps",
+)
+
+
+def chromium_paths() -> tuple[str, str] | None:
+    """(browser, driver) from Debian's chromium and chromium-driver packages, or None."""
+    import shutil
+
+    browser = shutil.which("chromium") or shutil.which("chromium-browser")
+    driver = shutil.which("chromedriver")
+    return (browser, driver) if browser and driver else None
+
+
+def headless_chromium(profile: Path, width: int = 1100, height: int = 760) -> Any:
+    """A selenium WebDriver for headless Chromium with a fresh profile in ``profile``."""
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    paths = chromium_paths()
+    assert paths is not None, "chromium and chromedriver are not installed (apt-get install chromium chromium-driver)"
+    options = webdriver.ChromeOptions()
+    options.binary_location = paths[0]
+    for flag in CHROMIUM_FLAGS:
+        options.add_argument(flag)
+    options.add_argument(f"--user-data-dir={profile}")
+    options.add_argument(f"--window-size={width},{height}")
+    return webdriver.Chrome(options=options, service=Service(executable_path=paths[1]))

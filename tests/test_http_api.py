@@ -11,7 +11,7 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import pytest
@@ -19,8 +19,9 @@ from ferry.server.app import ServerThread
 from ferry.server.engine import EngineConfig
 from ferry.server.registry import ModelRegistry
 from ferry.server.servicer import RequestLimits
-from ferry.server.web import detection
 from http_support import call, copy_model, serve_http
+
+import ferry.text.detect
 
 LIMITS = RequestLimits(max_texts=8, max_text_chars=200, max_message_bytes=16 * 1024)
 TOKEN = "s3cret-token"
@@ -45,8 +46,10 @@ def pairs(tiny_pairs: list[tuple[str, str]]) -> list[tuple[str, str]]:
 
 
 @pytest.fixture(scope="module")
-def models(tiny_checkpoint: Path, reverse_checkpoint: Path) -> list[Path]:
-    return [tiny_checkpoint, reverse_checkpoint]
+def models(tiny_checkpoint: Path, reverse_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
+    """xx→yy, its reverse yy→xx, and the same weights as zz→yy (two sources for one target)."""
+    zz = copy_model(tiny_checkpoint, tmp_path_factory.mktemp("zz") / "model", model_id="tiny-zz", source_language="zz")
+    return [tiny_checkpoint, reverse_checkpoint, zz]
 
 
 @pytest.fixture(scope="module")
@@ -74,10 +77,10 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def fake_detector(table: dict[str, list[tuple[str, float]]]) -> detection.Detector:
+def fake_detector(table: dict[str, list[tuple[str, float]]]) -> Callable[..., list[list[tuple[str, float]]]]:
     """Detects by exact text, as ``ferry.text.detect.detect`` would answer."""
 
-    def detect(texts: Sequence[str]) -> list[list[tuple[str, float]]]:
+    def detect(texts: Sequence[str], **_: object) -> list[list[tuple[str, float]]]:
         return [table.get(t, []) for t in texts]
 
     return detect
@@ -144,9 +147,10 @@ def test_html_format_is_accepted(base: str, pairs: list[tuple[str, str]]) -> Non
     assert reply.status == 200 and isinstance(reply.body["translatedText"], str)
 
 
-def test_source_equal_to_target_returns_the_text(base: str) -> None:
+def test_source_equal_to_target_is_an_unserved_pair(base: str) -> None:
+    """As on gRPC (LibreTranslate itself would echo the text)."""
     reply = call(f"{base}/translate", {"q": "anything at all", "source": "yy", "target": "yy"})
-    assert (reply.status, reply.body) == (200, {"translatedText": "anything at all"})
+    assert reply.status == 400 and reply.body["error"].startswith("language pair yy-yy is not served")
 
 
 def test_query_string_fields(base: str, pairs: list[tuple[str, str]]) -> None:
@@ -186,7 +190,10 @@ def test_bad_requests_are_400_naming_the_problem(base: str, body: dict, message:
 
 def test_unknown_pair_lists_what_is_served(base: str) -> None:
     reply = call(f"{base}/translate", {"q": "red", "source": "xx", "target": "zz"})
-    assert "served: xx-yy (model_id 'tiny'), yy-xx (model_id 'tiny-rev')" in reply.body["error"]
+    assert (
+        "served: xx-yy (model_id 'tiny'), yy-xx (model_id 'tiny-rev'), zz-yy (model_id 'tiny-zz')"
+        in reply.body["error"]
+    )
 
 
 @pytest.mark.parametrize(
@@ -249,73 +256,58 @@ def test_unknown_paths_and_methods_are_json(base: str) -> None:
 # ---------------------------------------------------------------------------------------------- auto / detect
 def test_auto_detects_each_text(base: str, pairs: list[tuple[str, str]], monkeypatch: pytest.MonkeyPatch) -> None:
     (s0, t0), (s1, t1) = pairs[:2]
-    table = {s0: [("fr", 0.5), ("xx", 0.3)], s1: [("xx", 0.875)], t0: [("yy", 0.99)]}
-    monkeypatch.setattr(detection, "detector", lambda: fake_detector(table))
+    table = {s0: [("zz", 0.5), ("xx", 0.3)], s1: [("xx", 0.875)]}
+    monkeypatch.setattr(ferry.text.detect, "detect", fake_detector(table))
     reply = call(f"{base}/translate", {"q": s1, "source": "auto", "target": "yy"})
     assert (reply.status, reply.body) == (
         200,
         {"translatedText": t1, "detectedLanguage": {"language": "xx", "confidence": 87.5}},
     )
-    # Per text: the best language a model translates into the target ("fr" is not served), and text
-    # already in the target language comes back as it is.
-    reply = call(f"{base}/translate", {"q": [s0, s1, t0], "source": "auto", "target": "yy"})
-    assert reply.status == 200
-    assert reply.body == {
-        "translatedText": [t0, t1, t0],
-        "detectedLanguage": [
-            {"language": "xx", "confidence": 30.0},
-            {"language": "xx", "confidence": 87.5},
-            {"language": "yy", "confidence": 99.0},
-        ],
-    }
-
-
-def test_auto_mixing_sources_uses_each_model(base: str, pairs: list, monkeypatch: pytest.MonkeyPatch) -> None:
-    s0, t0 = pairs[0]
-    table = {s0: [("xx", 0.9)], t0: [("yy", 0.9)]}
-    monkeypatch.setattr(detection, "detector", lambda: fake_detector(table))
-    to_xx = call(f"{base}/translate", {"q": t0, "source": "yy", "target": "xx"}).body["translatedText"]
-    reply = call(f"{base}/translate", {"q": [t0, s0], "source": "auto", "target": "xx"})
-    assert reply.status == 200
-    assert reply.body["translatedText"] == [to_xx, s0]
-    assert [d["language"] for d in reply.body["detectedLanguage"]] == ["yy", "xx"]
+    # Per text, each with the model for its language (zz→yy and xx→yy), answers in input order.
+    reply = call(f"{base}/translate", {"q": [s0, s1], "source": "auto", "target": "yy"})
+    assert (reply.status, reply.body) == (
+        200,
+        {
+            "translatedText": [t0, t1],
+            "detectedLanguage": [{"language": "zz", "confidence": 50.0}, {"language": "xx", "confidence": 87.5}],
+        },
+    )
 
 
 def test_auto_with_an_unserved_language_is_400(base: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(detection, "detector", lambda: fake_detector({"bonjour": [("fr", 0.9)]}))
+    table = {"red": [("xx", 0.9)], "bonjour": [("fr", 0.9)]}
+    monkeypatch.setattr(ferry.text.detect, "detect", fake_detector(table))
     reply = call(f"{base}/translate", {"q": ["red", "bonjour"], "source": "auto", "target": "yy"})
     assert reply.status == 400
-    assert reply.body["error"].startswith("q[1] looks like French (fr); no model translates fr-yy; served: xx-yy")
+    assert reply.body["error"].startswith("q[1] was detected as 'fr' (confidence 0.90) and no model translates fr-yy")
+    reply = call(f"{base}/translate", {"q": "123", "source": "auto", "target": "yy"})
+    assert reply.status == 400
+    assert reply.body["error"].startswith("source is auto but no text has letters")
 
 
-def test_without_a_detector_auto_and_detect_are_400(base: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(detection, "detector", lambda: None)
-    for path, body in (("translate", {"q": "red", "source": "auto", "target": "yy"}), ("detect", {"q": "red"})):
-        reply = call(f"{base}/{path}", body)
-        assert reply.status == 400
-        assert "language detection is not available on this server" in reply.body["error"]
-
-
-def test_detect_ranks_hosted_languages(base: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    table = {"red cat": [("fr", 0.6), ("xx", 0.3), ("yy", 0.1)], "bonjour": [("fr", 0.97)]}
-    monkeypatch.setattr(detection, "detector", lambda: fake_detector(table))
+def test_detect_ranks_candidates(base: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    table = {"red cat": [("fr", 0.6), ("xx", 0.3), ("yy", 0.1)]}
+    monkeypatch.setattr(ferry.text.detect, "detect", fake_detector(table))
     reply = call(f"{base}/detect", form={"q": "red cat"})
     assert (reply.status, reply.body) == (
         200,
-        [{"language": "xx", "confidence": 30.0}, {"language": "yy", "confidence": 10.0}],
+        [
+            {"language": "fr", "confidence": 60.0},
+            {"language": "xx", "confidence": 30.0},
+            {"language": "yy", "confidence": 10.0},
+        ],
     )
-    # Nothing hosted among the candidates: the detector's answer as it is.
-    assert call(f"{base}/detect", {"q": "bonjour"}).body == [{"language": "fr", "confidence": 97.0}]
-    assert call(f"{base}/detect", {}).status == 400
+    assert call(f"{base}/detect", {"q": "1234"}).body == []
+    assert "q is missing" in call(f"{base}/detect", {}).body["error"]
     assert "q must be a string" in call(f"{base}/detect", {"q": ["a"]}).body["error"]
+    too_long = call(f"{base}/detect", {"q": "a" * 201})
+    assert too_long.status == 400 and "the limit is 200" in too_long.body["error"]
 
 
-def test_real_detector_when_installed(base: str) -> None:
-    if detection.detector() is None:
-        pytest.skip("ferry.text.detect is not in this checkout yet")
+def test_detect_with_the_real_detector(base: str) -> None:
     reply = call(f"{base}/detect", {"q": "This is an English sentence about the weather."})
-    assert reply.status == 200 and isinstance(reply.body, list)
-    assert all(0 <= d["confidence"] <= 100 for d in reply.body)
+    assert reply.status == 200
+    assert reply.body[0]["language"] == "en" and 50 < reply.body[0]["confidence"] <= 100
 
 
 # ---------------------------------------------------------------------------------------------- other GETs
@@ -323,7 +315,11 @@ def test_languages_lists_hosted_pairs(base: str) -> None:
     reply = call(f"{base}/languages")
     assert (reply.status, reply.body) == (
         200,
-        [{"code": "xx", "name": "xx", "targets": ["yy"]}, {"code": "yy", "name": "yy", "targets": ["xx"]}],
+        [
+            {"code": "xx", "name": "xx", "targets": ["yy"]},
+            {"code": "yy", "name": "yy", "targets": ["xx"]},
+            {"code": "zz", "name": "zz", "targets": ["yy"]},
+        ],
     )
 
 
@@ -477,7 +473,7 @@ def test_libretranslatepy_client_works_unchanged(base: str, auth_base: str, pair
     client = libre.LibreTranslateAPI(base)
     assert client.translate(src, "xx", "yy") == tgt
     assert client.languages() == call(f"{base}/languages").body
-    monkeypatch.setattr(detection, "detector", lambda: fake_detector({src: [("xx", 0.75)]}))
+    monkeypatch.setattr(ferry.text.detect, "detect", fake_detector({src: [("xx", 0.75)]}))
     assert client.detect(src) == [{"language": "xx", "confidence": 75.0}]
     assert libre.LibreTranslateAPI(auth_base, api_key=TOKEN).translate(src, "xx", "yy") == tgt
     with pytest.raises(urllib.error.HTTPError) as err:

@@ -1,7 +1,7 @@
 """The LibreTranslate-compatible HTTP API and the translation page, as one Starlette app.
 
 Thin transport: a request body becomes ``TranslateFields`` (``fields.py``), then one shared
-``TranslationRequest`` per source language, which the ``Backend`` validates and runs on the same
+``TranslationRequest``, which the ``Backend`` validates and runs through the same request path,
 engines, limits and metrics as gRPC. Failures map to HTTP through the shared ``status_of``; the
 API's own cases are 403 (API key) and 503 (draining). Every error is JSON ``{"error": message}``.
 """
@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 from collections.abc import Awaitable, Callable, Mapping
 from contextlib import AbstractContextManager
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
-from ferry.model.options import DecodeOptions, Status, TranslationRequest, TranslationResult, status_of
+from ferry.model.options import DecodeOptions, Status, TranslationError, TranslationRequest, status_of
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
@@ -26,8 +28,7 @@ from starlette.staticfiles import StaticFiles
 from ferry.text import TextOptions
 
 from ..registry import ModelRegistry
-from .detection import detect_languages
-from .fields import AUTO, AuthError, FieldError, TranslateFields, check_key, read_body, text_field, translate_fields
+from .fields import AUTO, AuthError, TranslateFields, check_key, read_body, text_field, translate_fields
 from .languages import language_name
 from .openapi import openapi_document
 
@@ -61,10 +62,25 @@ class Backend(Protocol):
         and latency in the metrics."""
         ...
 
-    async def translate(self, request: TranslationRequest) -> list[TranslationResult]:
-        """Validate ``request`` (limits, options, served pair) and translate it on its model's engine;
-        cancelling the awaiting task cancels the engine work."""
+    async def translate(self, request: TranslationRequest) -> list[Translation]:
+        """Validate ``request`` (limits, options, served pair; source ``"auto"`` detects each text's) and
+        translate it on the engines; cancelling the awaiting task cancels the engine work. Raises the
+        shared ``TranslationError`` types."""
         ...
+
+    async def detect(self, texts: list[str]) -> list[list[tuple[str, float]]]:
+        """Per text, candidate languages best first with confidences 0–1 (the request limits apply)."""
+        ...
+
+
+@dataclass
+class Translation:
+    """One text's answer: the translation, the rest of its n-best list, and with ``"auto"`` the
+    detected language and the detector's confidence (0–1)."""
+
+    text: str
+    alternatives: list[str] = field(default_factory=list)
+    detected: tuple[str, float] | None = None
 
 
 class Draining(Exception):
@@ -185,87 +201,59 @@ class _Api:
 
     async def _translate(self, request: Request, raw: dict[str, Any]) -> dict[str, Any]:
         fields = translate_fields(raw)
-        detected: list[tuple[str, float]] | None = None
-        sources = [fields.source] * len(fields.texts)
+        try:
+            translations = await self.backend.translate(shared_request(fields))
+        except TranslationError as exc:
+            exc.args = (wire_names(str(exc), fields.batch),)
+            raise
+        body: dict[str, Any] = {"translatedText": pick([t.text for t in translations], fields.batch)}
         if fields.source == AUTO:
-            detected = await self._detect_sources(fields)
-            sources = [language for language, _ in detected]
-        results = await self._translate_by_source(fields, sources)
-        texts = [r.text for r in results]
-        body: dict[str, Any] = {"translatedText": texts if fields.batch else texts[0]}
-        if detected is not None:
-            found = [{"language": lang, "confidence": percent(p)} for lang, p in detected]
-            body["detectedLanguage"] = found if fields.batch else found[0]
+            found = [
+                {"language": t.detected[0], "confidence": percent(t.detected[1])} for t in translations if t.detected
+            ]
+            body["detectedLanguage"] = pick(found, fields.batch)
         if fields.alternatives:
-            alternatives = [r.hypotheses[1 : fields.alternatives + 1] for r in results]
-            body["alternatives"] = alternatives if fields.batch else alternatives[0]
+            body["alternatives"] = pick([t.alternatives[: fields.alternatives] for t in translations], fields.batch)
         return body
-
-    async def _detect_sources(self, fields: TranslateFields) -> list[tuple[str, float]]:
-        """Per text: the most likely language that some model translates into ``target``."""
-        registry = self.backend.registry
-        candidates = {m.source_language for m in registry if m.target_language == fields.target}
-        candidates.add(fields.target)  # text already in the target language is returned as it is
-        ranked = await detect_languages(list(fields.texts))
-        out = []
-        for i, ranking in enumerate(ranked):
-            usable = [(lang, p) for lang, p in ranking if lang in candidates]
-            if usable:
-                out.append(usable[0])
-            elif ranking:
-                lang = ranking[0][0]
-                raise FieldError(
-                    f"q{f'[{i}]' if fields.batch else ''} looks like {language_name(lang)} ({lang}); no model "
-                    f"translates {lang}-{fields.target}; served: {registry.served()}"
-                )
-            else:
-                out.append((fields.target, 0.0))  # nothing to detect (blank): pass it through
-        return out
-
-    async def _translate_by_source(self, fields: TranslateFields, sources: list[str]) -> list[TranslationResult]:
-        """One shared request per source language (``auto`` may find several), run side by side."""
-        options = decode_options(fields)
-        groups: dict[str, list[int]] = {}
-        for i, src in enumerate(sources):
-            groups.setdefault(src, []).append(i)
-        results: list[TranslationResult | None] = [None] * len(fields.texts)
-
-        async def run(src: str, positions: list[int]) -> None:
-            texts = tuple(fields.texts[i] for i in positions)
-            if src == fields.target and self._hosts(src):
-                out = [TranslationResult(text=t, hypotheses=[t]) for t in texts]  # already in the target language
-            else:
-                shared = TranslationRequest(
-                    texts=texts, options=options, source_language=src, target_language=fields.target
-                )
-                out = await self.backend.translate(shared)
-            for i, r in zip(positions, out, strict=True):
-                results[i] = r
-
-        await gather_or_cancel([run(src, positions) for src, positions in groups.items()])
-        return [r for r in results if r is not None]
-
-    def _hosts(self, language: str) -> bool:
-        return any(language in (m.source_language, m.target_language) for m in self.backend.registry)
 
     async def _detect(self, request: Request, raw: dict[str, Any]) -> list[dict[str, Any]]:
         text = text_field(raw, "q")
-        ranking = (await detect_languages([text]))[0]
-        hosted = [(lang, p) for lang, p in ranking if self._hosts(lang)]
-        return [{"language": lang, "confidence": percent(p)} for lang, p in (hosted or ranking)]
+        try:
+            ranking = (await self.backend.detect([text]))[0]
+        except TranslationError as exc:
+            exc.args = (wire_names(str(exc), batch=False),)
+            raise
+        return [{"language": lang, "confidence": percent(p)} for lang, p in ranking]
 
 
 # ---------------------------------------------------------------------------------------------- helpers
-def decode_options(fields: TranslateFields) -> DecodeOptions:
-    """The shared options for the LibreTranslate fields: ``alternatives`` widens the n-best list (and
-    the beam when it must)."""
+def shared_request(fields: TranslateFields) -> TranslationRequest:
+    """The LibreTranslate fields as the shared request: ``alternatives`` widens the n-best list (and
+    the beam when it must); ``format`` is the text stage's format."""
     default = DecodeOptions()
     n = fields.alternatives + 1
-    return DecodeOptions(
-        beam_size=max(default.beam_size, n),
-        num_hypotheses=n,
-        text=TextOptions(format=fields.format),
+    options = DecodeOptions(
+        beam_size=max(default.beam_size, n), num_hypotheses=n, text=TextOptions(format=fields.format)
     )
+    return TranslationRequest(
+        texts=fields.texts, options=options, source_language=fields.source, target_language=fields.target
+    )
+
+
+def pick(values: list[T], batch: bool) -> list[T] | T:
+    """A list for a list ``q``, else its one item."""
+    return values if batch else values[0]
+
+
+_TEXTS_INDEX = re.compile(r"\btexts\[(\d+)\]")
+
+
+def wire_names(message: str, batch: bool) -> str:
+    """A shared error message in the API's field names: ``texts[i]`` is ``q[i]`` (``q`` for one text),
+    ``source_language`` is ``source``."""
+    message = _TEXTS_INDEX.sub(lambda m: f"q[{m.group(1)}]" if batch else "q", message)
+    message = re.sub(r"\btexts (has|is)\b", r"q \1", message)
+    return re.sub(r"\b(source|target)_language\b", r"\1", message)
 
 
 def languages(registry: ModelRegistry) -> list[dict[str, Any]]:
@@ -305,13 +293,3 @@ async def until_disconnect(request: Request, work: Awaitable[T]) -> T:
         task.cancel()
         raise ClientGone
     return task.result()
-
-
-async def gather_or_cancel(works: list[Awaitable[None]]) -> None:
-    """Run side by side; the first failure cancels the others and is raised."""
-    tasks = [asyncio.ensure_future(w) for w in works]
-    try:
-        await asyncio.gather(*tasks)
-    finally:
-        for t in tasks:
-            t.cancel()

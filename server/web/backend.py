@@ -1,20 +1,33 @@
-"""``ServerBackend``: the HTTP API's view of a running ``FerryServer`` — its registry, limits, auth
-token, drain state, in-flight accounting and metrics, and the gRPC servicer's translate path."""
+"""``ServerBackend``: the HTTP API's view of a running ``FerryServer``. Translations go through the gRPC
+servicer's own request path (limits, routing, ``"auto"`` detection, text options, option validation,
+engine submission and cancellation), so both transports share one implementation of each rule."""
 
 from __future__ import annotations
 
-import asyncio
+import time
 from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING
 
-from ferry.model.options import Status, TranslationError, TranslationRequest, TranslationResult
+from ferry.model.options import Status, TranslationError, TranslationRequest
 from ferry.proto.v1 import translation_pb2 as pb
 
+from .. import text_routing
 from ..errors import RpcFailure
 from ..registry import ModelRegistry
+from .api import Translation
 
 if TYPE_CHECKING:
     from ..app import FerryServer
+
+
+class _CallDeadline:
+    """The part of a gRPC ``ServicerContext`` the servicer's translate path reads: the time left."""
+
+    def __init__(self, deadline: float | None) -> None:
+        self.deadline = deadline
+
+    def time_remaining(self) -> float | None:
+        return None if self.deadline is None else max(0.0, self.deadline - time.monotonic())
 
 
 class ServerBackend:
@@ -45,26 +58,42 @@ class ServerBackend:
     def call(self, method: str) -> AbstractContextManager[list[str]]:
         return self._servicer._call(method)
 
-    async def translate(self, request: TranslationRequest) -> list[TranslationResult]:
-        servicer = self._servicer
+    async def translate(self, request: TranslationRequest) -> list[Translation]:
+        options = request.options
         message = pb.TranslateRequest(
             texts=request.texts,
             source_language=request.source_language,
             target_language=request.target_language,
             model_id=request.model_id,
+            format=pb.TEXT_FORMAT_HTML if options.text.format == "html" else pb.TEXT_FORMAT_UNSPECIFIED,
+            no_sentence_split=not options.text.split_sentences,
         )
+        message.options.beam_size = options.beam_size
+        message.options.num_hypotheses = options.num_hypotheses
         try:
-            model, _ = servicer._validate(message)  # limits and the served pair, as for gRPC
+            response = await self._servicer._translate(
+                message,
+                _CallDeadline(request.deadline),  # duck-typed: only time_remaining() is read
+                wait_for_queue=False,
+            )
         except RpcFailure as failure:
             raise _as_translation_error(failure) from None
-        options = request.options
-        options.validate(model.max_length)
-        handle = await servicer._submit(model, list(request.texts), options, request.deadline, wait_for_queue=False)
+        auto = text_routing.AUTO == request.source_language
+        return [
+            Translation(
+                text=t.text,
+                alternatives=[h.text for h in t.hypotheses[1:]],
+                detected=(t.detected_language, t.detection_confidence) if auto else None,
+            )
+            for t in response.translations
+        ]
+
+    async def detect(self, texts: list[str]) -> list[list[tuple[str, float]]]:
         try:
-            return await asyncio.wrap_future(handle.future)
-        except asyncio.CancelledError:
-            handle.cancel()  # the client went away: free the batch rows
-            raise
+            self._servicer._check_texts(texts)
+        except RpcFailure as failure:
+            raise _as_translation_error(failure) from None
+        return await text_routing.detect_texts(self._servicer._pool, texts)
 
 
 def _as_translation_error(failure: RpcFailure) -> TranslationError:
