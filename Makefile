@@ -2,7 +2,14 @@
 PYTHON ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
-TORCH_CPU := torch==2.13.0
+TORCH_PIN := torch==2.13.0
+# Which torch build `make install` gets. The pin alone is NOT the CPU build: on Linux x86_64,
+# PyPI's torch is the CUDA build (several GB of NVIDIA libraries). The CPU-only build comes
+# from the PyTorch CPU wheel index, the default here; `make install TORCH_INDEX_URL=` uses
+# whatever index pip is configured with (PyPI: the CUDA build; or a mirror of the CPU index).
+# The Dockerfile's TORCH_INDEX_URL build argument works the same way.
+TORCH_INDEX_URL ?= https://download.pytorch.org/whl/cpu
+TORCH_INSTALL = $(BIN)/pip install -q $(if $(TORCH_INDEX_URL),--index-url $(TORCH_INDEX_URL)) '$(TORCH_PIN)'
 PORT ?= 50051
 
 .PHONY: install install-dev serve test lint typecheck protos bench clean
@@ -11,13 +18,13 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 
-# The CPU build of torch is pinned first so that no CUDA wheels are pulled in.
+# torch first, from TORCH_INDEX_URL, so that the extras find it installed and keep it.
 install: $(BIN)/python
-	$(BIN)/pip install -q $(TORCH_CPU)
+	$(TORCH_INSTALL)
 	$(BIN)/pip install -q -e '.[server]'
 
 install-dev: $(BIN)/python
-	$(BIN)/pip install -q $(TORCH_CPU)
+	$(TORCH_INSTALL)
 	$(BIN)/pip install -q -e '.[dev]'
 
 serve: install
@@ -35,6 +42,10 @@ typecheck:
 
 protos:
 	$(BIN)/python scripts/gen_protos.py
+
+# The issue-16 engine table (ferry vs CTranslate2 vs transformers, 1 and 2 threads): ~25 min on 2 cores.
+bench: install-dev
+	nice -n -15 $(BIN)/python bench/table.py --limit 500 --eager --out bench/results
 
 clean:
 	rm -rf $(VENV) build *.egg-info .mypy_cache .ruff_cache .pytest_cache
