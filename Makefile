@@ -11,6 +11,7 @@ TORCH_PIN := torch==2.13.0
 TORCH_INDEX_URL ?= https://download.pytorch.org/whl/cpu
 TORCH_INSTALL = $(BIN)/pip install -q $(if $(TORCH_INDEX_URL),--index-url $(TORCH_INDEX_URL)) '$(TORCH_PIN)'
 PORT ?= 50051
+HTTP_PORT ?= 8080
 
 .PHONY: install install-dev serve test lint typecheck protos bench clean
 
@@ -27,8 +28,9 @@ install-dev: $(BIN)/python
 	$(TORCH_INSTALL)
 	$(BIN)/pip install -q -e '.[dev]'
 
+# Prints the gRPC address, the HTTP API's and the web page's URL (http://127.0.0.1:$(HTTP_PORT)/).
 serve: install
-	$(BIN)/ferry serve --port $(PORT)
+	$(BIN)/ferry serve --port $(PORT) --http-port $(HTTP_PORT)
 
 test: install-dev
 	$(BIN)/python -m pytest -q
