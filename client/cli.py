@@ -9,7 +9,7 @@ from ferry.model.options import DecodeOptions
 
 from .client import TranslationClient
 from .errors import FerryError
-from .lines import translate_lines
+from .lines import read_document, translate_lines, write_document
 
 
 def translate_remote(
@@ -30,8 +30,24 @@ def translate_remote(
     ``$FERRY_TOKEN``. Returns 0, or 1 after printing the server's error."""
     options = options if options is not None else DecodeOptions()
     token = token or os.environ.get("FERRY_TOKEN")
+    text = options.text
     with TranslationClient(server, timeout=timeout, ca_cert=tls_ca, token=token) as client:
         try:
+            if text.format == "html":  # the whole input is one document
+                document = read_document(input)
+                (result,) = client.translate(
+                    [document],
+                    source_language,
+                    target_language,
+                    beam_size=options.beam_size,
+                    max_length=options.max_length,
+                    length_penalty=options.length_penalty,
+                    timeout=timeout,
+                    text_format="html",
+                    split_sentences=text.split_sentences,
+                )
+                write_document(result.text, output)
+                return 0
             translate_lines(
                 lambda lines: client.translate_stream(
                     lines,
@@ -44,6 +60,7 @@ def translate_remote(
                     num_hypotheses=options.num_hypotheses,
                     return_scores=options.return_scores,
                     timeout=timeout,
+                    split_sentences=text.split_sentences,
                 ),
                 input=input,
                 output=output,

@@ -135,9 +135,13 @@ class TranslationClient:
         num_hypotheses: int | None = None,
         return_scores: bool = False,
         timeout: float | None = None,
+        text_format: str = "text",
+        split_sentences: bool = True,
     ) -> list[Translation]:
         """Translate ``texts`` (results in input order). Options left as None take the server's
-        defaults (beam 4, length penalty 1.0, one hypothesis)."""
+        defaults (beam 4, length penalty 1.0, one hypothesis). ``source_language="auto"`` detects each
+        text's language (``Translation.detected_language``); ``text_format``: "text" or "html";
+        ``split_sentences=False`` translates each text as one sentence."""
         request = _request(
             source_language,
             target_language,
@@ -147,6 +151,8 @@ class TranslationClient:
             length_penalty,
             num_hypotheses,
             return_scores,
+            text_format,
+            split_sentences,
         )
         request.texts.extend(_check_texts(texts))
         response = self._call(self.stub.Translate, request, timeout)
@@ -167,6 +173,8 @@ class TranslationClient:
         num_hypotheses: int | None = None,
         return_scores: bool = False,
         timeout: float | None = None,
+        text_format: str = "text",
+        split_sentences: bool = True,
     ) -> Iterator[Translation]:
         """Translate an iterable of any length over one ``TranslateStream`` call, ``batch_size``
         texts per message and at most ``max_in_flight`` batches unanswered; yields translations in
@@ -189,6 +197,8 @@ class TranslationClient:
             length_penalty,
             num_hypotheses,
             return_scores,
+            text_format,
+            split_sentences,
         )
         job = StreamJob(
             self.stub.TranslateStream,
@@ -206,6 +216,12 @@ class TranslationClient:
     def list_models(self, *, timeout: float | None = None) -> list[ModelInfo]:
         response = self._call(self.stub.ListModels, pb.ListModelsRequest(), timeout)
         return [ModelInfo.from_proto(m) for m in response.models]
+
+    def detect(self, texts: Sequence[str], *, timeout: float | None = None) -> list[list[tuple[str, float]]]:
+        """Per text, ``(language, confidence 0-1)`` candidates, best first (``[]``: no letters to go on)."""
+        request = pb.DetectRequest(texts=_check_texts(texts))
+        response = self._call(self.stub.Detect, request, timeout)
+        return [[(s.language, s.confidence) for s in d.languages] for d in response.detections]
 
     # ------------------------------------------------------------------ retries
     def _delays(self) -> Iterator[float]:
@@ -253,12 +269,18 @@ def _request(
     length_penalty: float | None,
     num_hypotheses: int | None,
     return_scores: bool,
+    text_format: str = "text",
+    split_sentences: bool = True,
 ) -> pb.TranslateRequest:
     """A request without texts: the routing and decoding options shared by unary and stream calls."""
+    if text_format not in ("text", "html"):
+        raise ValueError(f"text_format={text_format!r} is not supported; use text or html")
     return pb.TranslateRequest(
         source_language=source_language,
         target_language=target_language,
         model_id=model_id,
+        format=pb.TEXT_FORMAT_HTML if text_format == "html" else pb.TEXT_FORMAT_UNSPECIFIED,
+        no_sentence_split=not split_sentences,
         options=decoding_options(
             beam_size=beam_size,
             max_length=max_length,

@@ -72,3 +72,22 @@ def translate_lines(
             bar.update(1)
         dst.flush()
     return done
+
+
+def read_document(path: str | None) -> str:
+    """The whole input (file, or stdin) as one text, line endings untouched (``--format html``)."""
+    if path:
+        with open(path, encoding="utf-8", newline="") as f:
+            return f.read()
+    return sys.stdin.read()
+
+
+def write_document(text: str, path: str | None) -> None:
+    """Write ``text`` as it is to ``path`` (or stdout)."""
+    if path:
+        with open(path, "w", encoding="utf-8", newline="") as f:
+            f.write(text)
+    else:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+

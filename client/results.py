@@ -20,6 +20,10 @@ class Translation:
     output_tokens: int = 0
     model_id: str = ""
     model_version: str = ""
+    detected_language: str = ""
+    """With source_language "auto": the language detected for this text (else empty)."""
+    detection_confidence: float = 0.0
+    """The detector's confidence in ``detected_language`` (0-1)."""
 
 
 def translations_from_proto(response: pb.TranslateResponse, *, with_scores: bool) -> list[Translation]:
@@ -33,6 +37,8 @@ def translations_from_proto(response: pb.TranslateResponse, *, with_scores: bool
             output_tokens=t.output_tokens,
             model_id=response.model_id,
             model_version=response.model_version,
+            detected_language=t.detected_language,
+            detection_confidence=t.detection_confidence,
         )
         for t in response.translations
     ]

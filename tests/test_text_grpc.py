@@ -10,6 +10,7 @@ from pathlib import Path
 
 import grpc
 import pytest
+from ferry.client import TranslationClient
 from ferry.proto.v1 import translation_pb2 as pb
 from ferry.proto.v1 import translation_pb2_grpc as pb_grpc
 from ferry.server.app import ServerConfig, ServerThread
@@ -31,13 +32,24 @@ def _copy(tiny: Path, root: Path, source: str) -> Path:
 
 
 @pytest.fixture(scope="module")
-def stub(tiny_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[pb_grpc.TranslationServiceStub]:
+def address(tiny_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     root = tmp_path_factory.mktemp("text-grpc")
     paths = [tiny_checkpoint, _copy(tiny_checkpoint, root, "en"), _copy(tiny_checkpoint, root, "de")]
     registry = ModelRegistry.load(paths, device="cpu")
     with ServerThread(registry, ServerConfig(host="127.0.0.1", port=0, metrics_port=0)) as server:
-        with grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
-            yield pb_grpc.TranslationServiceStub(channel)
+        yield f"127.0.0.1:{server.port}"
+
+
+@pytest.fixture(scope="module")
+def stub(address: str) -> Iterator[pb_grpc.TranslationServiceStub]:
+    with grpc.insecure_channel(address) as channel:
+        yield pb_grpc.TranslationServiceStub(channel)
+
+
+@pytest.fixture(scope="module")
+def client(address: str) -> Iterator[TranslationClient]:
+    with TranslationClient(address, retries=0, timeout=60) as c:
+        yield c
 
 
 def translate(stub: pb_grpc.TranslationServiceStub, texts: list[str], **fields: object) -> pb.TranslateResponse:
@@ -109,3 +121,45 @@ def test_detect_rpc_limits(stub: pb_grpc.TranslationServiceStub) -> None:
         stub.Detect(pb.DetectRequest(texts=[]), timeout=60)
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "texts is empty" in (info.value.details() or "")
+
+
+def test_client_text_options_and_detection(client: TranslationClient, tiny_pairs: list[tuple[str, str]]) -> None:
+    (s1, t1), (s2, _) = tiny_pairs[:2]
+    (html,) = client.translate([f"<p><i>{s1}</i></p>"], "xx", "yy", text_format="html")
+    assert html.text == f"<p><i>{t1}</i></p>" and not html.detected_language
+    split = client.translate([f"{s1}\n{s2}"], "xx", "yy")[0]
+    whole = client.translate([f"{s1}\n{s2}"], "xx", "yy", split_sentences=False)[0]
+    assert split.input_tokens == whole.input_tokens + 1
+    auto = client.translate([DE, EN], "auto", "yy")
+    assert [(t.detected_language, t.model_id) for t in auto] == [("de", "tiny-de,tiny-en"), ("en", "tiny-de,tiny-en")]
+    detected = client.detect([FR, ""])
+    assert detected[0][0][0] == "fr" and detected[1] == []
+    with pytest.raises(ValueError, match="text_format='pdf'"):
+        client.translate(["x"], "xx", "yy", text_format="pdf")
+
+
+def test_cli_html_document_and_layout(
+    address: str, tiny_checkpoint: Path, tiny_pairs: list[tuple[str, str]], tmp_path: Path
+) -> None:
+    from ferry.cli import main
+
+    (s1, t1), (s2, t2) = tiny_pairs[:2]
+    doc = tmp_path / "in.html"
+    doc.write_text(f"<ul>\n<li>{s1}</li>\n<li><b>{s2}</b></li>\n</ul>\n", encoding="utf-8")
+    expected = f"<ul>\n<li>{t1}</li>\n<li><b>{t2}</b></li>\n</ul>\n"
+    local, remote = tmp_path / "local.html", tmp_path / "remote.html"
+    io = ["--format", "html", "-i", str(doc)]
+    assert main(["translate", "--model", str(tiny_checkpoint), *io, "-o", str(local)]) == 0
+    assert main(["translate", "--server", address, "-s", "xx", "-t", "yy", *io, "-o", str(remote)]) == 0
+    assert local.read_text(encoding="utf-8") == remote.read_text(encoding="utf-8") == expected
+
+
+def test_cli_auto_with_a_model_of_another_language_is_an_error(
+    tiny_checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from ferry.cli import main
+
+    src = tmp_path / "in.txt"
+    src.write_text(f"{EN}\n", encoding="utf-8")
+    assert main(["translate", "--model", str(tiny_checkpoint), "-s", "auto", "-t", "yy", "-i", str(src)]) != 0
+    assert "detected as 'en'" in capsys.readouterr().err
