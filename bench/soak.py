@@ -136,7 +136,7 @@ class ServerProcess:
     def __init__(self, model: str, port: int, metrics_port: int, drain_timeout: float) -> None:
         self.cmd = [sys.executable, "-m", "ferry", "serve", "--model", model, "--device", "cpu"]
         self.cmd += ["--host", "127.0.0.1", "--port", str(port), "--metrics-host", "127.0.0.1"]
-        self.cmd += ["--metrics-port", str(metrics_port), "--drain-timeout", str(drain_timeout)]
+        self.cmd += ["--metrics-port", str(metrics_port), "--drain-timeout", str(drain_timeout), "--http-port", "0"]
         self.proc: subprocess.Popen[str] | None = None
         self.log: list[str] = []
 
@@ -161,7 +161,7 @@ class ServerProcess:
                 if proc.poll() is not None:
                     break
         proc.kill()
-        raise SystemExit("ferry serve did not start:\n" + "".join(self.log[-40:]))
+        raise RuntimeError("ferry serve did not start:\n" + "".join(self.log[-40:]))
 
     @property
     def pid(self) -> int:
@@ -363,7 +363,10 @@ def main(argv: list[str] | None = None) -> int:
     port, metrics_port = free_port(), free_port()
     address = f"127.0.0.1:{port}"
     server = ServerProcess(args.model, port, metrics_port, args.drain_timeout)
-    server.start()
+    try:
+        server.start()
+    except RuntimeError as exc:
+        raise SystemExit(str(exc)) from None
     start = time.monotonic()
     stop_at = start + args.duration
     samples: list[Sample] = []
@@ -383,7 +386,11 @@ def main(argv: list[str] | None = None) -> int:
         restart.exit_code = server.stop()
         restart.drain_seconds = time.monotonic() - start - restart.sigterm_at
         phase[0] = 1
-        server.start()
+        try:
+            server.start()
+        except RuntimeError as exc:
+            print(f"restart failed: {exc}", file=sys.stderr, flush=True)
+            return
         restart.ready_at = time.monotonic() - start
         restart.unavailable_seconds = restart.ready_at - restart.sigterm_at
 

@@ -171,6 +171,7 @@ class FerryServer:
                 ("grpc.so_reuseport", 0),  # a busy port is an error, not a shared one
             ],
         )
+        self._server = server  # from here on, ``abandon`` releases it if ``start`` fails
         server.add_generic_rpc_handlers((service_handler(self.servicer),))
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         reflection.enable_server_reflection((SERVICE_NAME, HEALTH_SERVICE_NAME, reflection.SERVICE_NAME), server)
@@ -189,7 +190,12 @@ class FerryServer:
         for name in ("", SERVICE_NAME):
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
         if cfg.metrics_port:
-            self.metrics_port = self.metrics.serve(cfg.metrics_port, cfg.metrics_host)
+            try:
+                self.metrics_port = self.metrics.serve(cfg.metrics_port, cfg.metrics_host)
+            except OSError as exc:
+                where = f"{cfg.metrics_host}:{cfg.metrics_port}"
+                message = f"cannot listen for /metrics on {where}: {exc.strerror}; is the port in use?"
+                raise ValueError(message) from None
         if cfg.http_port is not None:
             from .web import start_http  # Starlette and uvicorn load only when HTTP is on
 
@@ -197,6 +203,16 @@ class FerryServer:
             self.http_port = self.http.port
         log.info("serving %s on %s:%d", self.registry.served(), cfg.host, self.port)
         return self.port
+
+    async def abandon(self) -> None:
+        """Release what a failed ``start`` acquired (listeners, engines, threads), so the process
+        can exit with its one-line error and nothing else."""
+        if self._server is not None:
+            await self._server.stop(0)
+            self._server = None
+        await asyncio.get_running_loop().run_in_executor(None, self.registry.stop)
+        self.metrics.close()
+        self.servicer.close()
 
     def _refused(self, method: str) -> None:
         self.metrics.observe(method, "UNAUTHENTICATED", 0.0)
@@ -248,7 +264,11 @@ async def serve(
 ) -> bool:
     """Run until SIGTERM or SIGINT, then drain; True when every accepted call finished."""
     server = FerryServer(registry, config)
-    await server.start()
+    try:
+        await server.start()
+    except BaseException:
+        await server.abandon()
+        raise
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):

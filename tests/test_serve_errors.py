@@ -3,8 +3,10 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import shutil
+import socket
 from collections.abc import Callable
 from pathlib import Path
 
@@ -121,3 +123,21 @@ def test_listening_defaults_are_loopback(monkeypatch: pytest.MonkeyPatch) -> Non
     monkeypatch.setenv("FERRY_AUTH_TOKEN_FILE", "/run/secrets/token")
     args = build_parser().parse_args(["serve"])
     assert (args.host, args.metrics_host, args.auth_token_file) == ("0.0.0.0", "0.0.0.0", "/run/secrets/token")
+
+
+@pytest.mark.parametrize("which", ["--port", "--metrics-port"])
+def test_a_busy_port_is_one_line_and_exit_2(
+    tiny_checkpoint: Path, capsys: pytest.CaptureFixture[str], which: str
+) -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        ports = {"--port": "0", "--metrics-port": "0", "--http-port": "0", which: str(port)}
+        argv = ["serve", "--model", str(tiny_checkpoint), "--device", "cpu", "--drain-timeout", "0"]
+        code = main([*argv, *(item for pair in ports.items() for item in pair)])
+    gc.collect()  # a leaked gRPC server would complain here, after its loop closed
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert "Traceback" not in err and "never awaited" not in err, err
+    assert f"127.0.0.1:{port}" in err and "is the port in use?" in err, err
