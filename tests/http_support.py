@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import ssl
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -27,9 +28,10 @@ class Reply:
 def serve_http(registry: ModelRegistry, **config: Any) -> Iterator[tuple[ServerThread, str]]:
     """A FerryServer with HTTP on a free loopback port; yields the thread and the base URL."""
     cfg = ServerConfig(host="127.0.0.1", port=0, http_port=0, **config)
+    scheme = "https" if cfg.tls_cert else "http"
     with ServerThread(registry, cfg) as thread:
         assert thread.server is not None
-        yield thread, f"http://127.0.0.1:{thread.server.http_port}"
+        yield thread, f"{scheme}://127.0.0.1:{thread.server.http_port}"
 
 
 def call(
@@ -40,6 +42,7 @@ def call(
     raw: bytes | None = None,
     headers: dict[str, str] | None = None,
     method: str | None = None,
+    context: ssl.SSLContext | None = None,
 ) -> Reply:
     """One request: JSON ``body``, URL-encoded ``form`` or ``raw`` bytes; the reply's JSON body
     (or text when it is not JSON), whatever the status."""
@@ -56,7 +59,7 @@ def call(
         data = raw
     request = urllib.request.Request(url, data=data, headers=hdrs, method=method)
     try:
-        with urllib.request.urlopen(request, timeout=60) as reply:
+        with urllib.request.urlopen(request, timeout=60, context=context) as reply:
             status, payload, out_headers = reply.status, reply.read(), dict(reply.headers)
     except urllib.error.HTTPError as err:
         status, payload, out_headers = err.code, err.read(), dict(err.headers)
@@ -94,8 +97,6 @@ CHROMIUM_FLAGS = (
 
 def chromium_paths() -> tuple[str, str] | None:
     """(browser, driver) from Debian's chromium and chromium-driver packages, or None."""
-    import shutil
-
     browser = shutil.which("chromium") or shutil.which("chromium-browser")
     driver = shutil.which("chromedriver")
     return (browser, driver) if browser and driver else None

@@ -5,7 +5,10 @@ client disconnects, metrics, and the ``libretranslatepy`` client from PyPI used 
 from __future__ import annotations
 
 import json
+import shutil
 import socket
+import ssl
+import subprocess
 import threading
 import time
 import urllib.error
@@ -464,6 +467,29 @@ def wait_for(condition: object, timeout: float = 30.0) -> None:
     while not condition():  # type: ignore[operator]
         assert time.monotonic() < deadline, "condition not met in time"
         time.sleep(0.01)
+
+
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl CLI")
+def test_https_with_the_grpc_certificate(tiny_checkpoint: Path, pairs: list, tmp_path: Path) -> None:
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        [
+            *("openssl", "req", "-x509", "-nodes", "-days", "1", "-subj", "/CN=localhost"),
+            *("-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-keyout", str(key), "-out", str(cert)),
+            *("-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"),
+        ],
+        check=True,
+        capture_output=True,
+    )
+    registry = ModelRegistry.load([tiny_checkpoint], device="cpu")
+    with serve_http(registry, tls_cert=cert, tls_key=key) as (_, url):
+        assert url.startswith("https://")
+        trusted = ssl.create_default_context(cafile=str(cert))
+        src, tgt = pairs[0]
+        reply = call(f"{url}/translate", {"q": src, "source": "xx", "target": "yy"}, context=trusted)
+        assert (reply.status, reply.body) == (200, {"translatedText": tgt})
+        with pytest.raises((urllib.error.URLError, ConnectionError)):  # no plaintext HTTP on that port
+            urllib.request.urlopen(url.replace("https://", "http://") + "/health", timeout=10).read()
 
 
 # ---------------------------------------------------------------------------------------------- a real client
