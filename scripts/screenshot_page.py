@@ -26,12 +26,13 @@ def main() -> int:
     p.add_argument("--height", type=int, default=680)
     args = p.parse_args()
 
-    from ferry import default_model_dirs
     from ferry.server.registry import ModelRegistry
     from http_support import headless_chromium, serve_http
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.select import Select
     from selenium.webdriver.support.ui import WebDriverWait
+
+    from ferry import default_model_dirs
 
     registry = ModelRegistry.load(default_model_dirs(), device="cpu")
     with serve_http(registry) as (_, base), tempfile.TemporaryDirectory() as profile:
