@@ -181,3 +181,10 @@ def test_malformed_input_does_not_crash(src: str) -> None:
     assert isinstance(out, str)
     out2 = seg.reassemble([s.upper() for s in seg.sentences])[0]
     assert tags(out2).tags == tags(out).tags
+
+
+def test_a_sentence_of_untouched_code_only_is_not_translated() -> None:
+    src = "<p>The girl is smiling. <code>x = 1</code></p>"
+    seg = segment([src], HTML)
+    assert seg.sentences == ["The girl is smiling."]
+    assert seg.reassemble(["Das Mädchen lächelt."]) == ["<p>Das Mädchen lächelt. <code>x = 1</code></p>"]

@@ -111,14 +111,22 @@ class Run:
         else:
             lead = len(plain) - len(plain.lstrip())
             spans = [(lead, lead + len(plain.strip()))]
-        for ev in self.events:
-            if ev.kind != "atom":
-                continue
+        atoms = [ev for ev in self.events if ev.kind == "atom"]
+        for ev in atoms:
             hit = [k for k, (a, b) in enumerate(spans) if a < ev.end and ev.start < b]
             if len(hit) > 1:
                 merged = (spans[hit[0]][0], spans[hit[-1]][1])
                 spans = [*spans[: hit[0]], merged, *spans[hit[-1] + 1 :]]
-        return spans
+        return [span for span in spans if not self._only_atoms(span, atoms)]
+
+    def _only_atoms(self, span: tuple[int, int], atoms: list[Event]) -> bool:
+        """Nothing to translate: every non-space character of ``span`` is inside an untouched atom."""
+        a, b = span
+        covered = [False] * (b - a)
+        for ev in atoms:
+            for i in range(max(a, ev.start), min(b, ev.end)):
+                covered[i - a] = True
+        return all(c or self.plain[a + i].isspace() for i, c in enumerate(covered))
 
 
 def _tag(ev: Event) -> str:
