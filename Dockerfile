@@ -98,7 +98,7 @@ COPY server/ server/
 COPY client/ client/
 COPY proto/ proto/
 RUN pip install --no-deps --no-build-isolation ".[server]" \
-    && pip check \
+    && if [ "$VARIANT" = cpu ]; then pip check; fi \
     && ferry --help > /dev/null \
     && python -m pip uninstall --yes --quiet pip
 
@@ -107,12 +107,13 @@ FROM base-${VARIANT} AS runtime
 ARG VARIANT
 ARG VERSION=0.1.0
 ARG REVISION=unknown
+ARG SOURCE_URL=
 LABEL org.opencontainers.image.title="ferry" \
       org.opencontainers.image.description="Neural machine translation server (gRPC, continuous batching), ${VARIANT} build" \
       org.opencontainers.image.licenses="Apache-2.0" \
       org.opencontainers.image.version="${VERSION}" \
       org.opencontainers.image.revision="${REVISION}" \
-      org.opencontainers.image.source="https://github.com/ferry-nmt/ferry"
+      org.opencontainers.image.source="${SOURCE_URL}"
 
 RUN useradd --create-home --uid 10001 --user-group --shell /usr/sbin/nologin ferry
 
