@@ -430,6 +430,7 @@ def test_queue_full_is_429_and_a_disconnect_cancels(tiny_checkpoint: Path, pairs
         reply = call(f"{url}/translate", {"q": "red", "source": "xx", "target": "yy"})
         assert reply.status == 429
         assert "max_queue_sentences" in reply.body["error"]
+        assert reply.headers.get("retry-after") == "1"
         sock.close()
         wait_for(lambda: engine.stats().inflight_requests == 0)  # type: ignore[attr-defined]
         real_start()  # type: ignore[operator]

@@ -36,7 +36,6 @@ log = logging.getLogger("ferry.server")
 T = TypeVar("T")
 
 STATIC = Path(__file__).resolve().parent / "static"
-DRAINING = "the server is shutting down and accepts no new requests; retry (another replica)"
 
 
 class Backend(Protocol):
@@ -59,7 +58,7 @@ class Backend(Protocol):
 
     def call(self, method: str) -> AbstractContextManager[list[str]]:
         """Count one call in flight (the drain waits for it) and record its status name (``code[0]``)
-        and latency in the metrics."""
+        and latency in the metrics; raises a ``TranslationError`` (UNAVAILABLE) while draining."""
         ...
 
     async def translate(self, request: TranslationRequest) -> list[Translation]:
@@ -81,10 +80,6 @@ class Translation:
     text: str
     alternatives: list[str] = field(default_factory=list)
     detected: tuple[str, float] | None = None
-
-
-class Draining(Exception):
-    """New work refused during a drain (HTTP 503)."""
 
 
 class ClientGone(Exception):
@@ -120,6 +115,16 @@ async def _http_error(request: Request, exc: Exception) -> Response:
 
 def error(message: str, status: int, headers: Mapping[str, str] | None = None) -> JSONResponse:
     return JSONResponse({"error": message}, status_code=status, headers=headers)
+
+
+def failure(request: Request, exc: Exception) -> JSONResponse:
+    """The answer for a failed call: its shared status; a bug (INTERNAL) is logged with its traceback."""
+    status = status_of(exc)
+    if status is Status.INTERNAL:
+        log.error("unexpected error while serving %s", request.url.path, exc_info=exc)
+        return error(f"internal server error ({type(exc).__name__}); see the server log", 500)
+    retry = status in (Status.RESOURCE_EXHAUSTED, Status.UNAVAILABLE)
+    return error(str(exc), status.http_status, {"Retry-After": "1"} if retry else None)
 
 
 class _Api:
@@ -170,10 +175,10 @@ class _Api:
     async def _serve(
         self, method: str, request: Request, work: Callable[[Request, dict[str, Any]], Awaitable[Any]]
     ) -> Response:
-        """Refuse during a drain, read the body, check the key, run ``work`` until done or the
-        client leaves; map every failure to its status."""
+        """Count the call (refused during a drain), read the body, check the key, run ``work`` until
+        done or the client leaves; map every failure to its status."""
         try:
-            with self._call(method) as code:
+            with self.backend.call(method) as code:
                 try:
                     fields = await read_body(request, self.backend.max_body_bytes)
                     check_key(request, fields, self.backend.auth_token)
@@ -185,19 +190,10 @@ class _Api:
                     code[0] = "CANCELLED"
                     return Response(status_code=499)  # nobody reads it
                 except Exception as exc:
-                    status = status_of(exc)
-                    code[0] = status.grpc_name
-                    if status is Status.INTERNAL:
-                        log.error("unexpected error while serving %s", request.url.path, exc_info=exc)
-                        return error(f"internal server error ({type(exc).__name__}); see the server log", 500)
-                    return error(str(exc), status.http_status)
-        except Draining:
-            return error(DRAINING, 503, {"Retry-After": "1"})
-
-    def _call(self, method: str) -> AbstractContextManager[list[str]]:
-        if self.backend.draining:
-            raise Draining
-        return self.backend.call(method)
+                    code[0] = status_of(exc).grpc_name
+                    return failure(request, exc)
+        except Exception as exc:  # refused before it started: draining
+            return failure(request, exc)
 
     async def _translate(self, request: Request, raw: dict[str, Any]) -> dict[str, Any]:
         fields = translate_fields(raw)

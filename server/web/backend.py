@@ -5,7 +5,8 @@ engine submission and cancellation), so both transports share one implementation
 from __future__ import annotations
 
 import time
-from contextlib import AbstractContextManager
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
 from ferry.model.options import Status, TranslationError, TranslationRequest
@@ -55,8 +56,22 @@ class ServerBackend:
     def max_body_bytes(self) -> int:
         return self._servicer.limits.max_message_bytes
 
-    def call(self, method: str) -> AbstractContextManager[list[str]]:
-        return self._servicer._call(method)
+    @contextmanager
+    def call(self, method: str) -> Iterator[list[str]]:
+        """The servicer's call accounting (in flight, drain refusal, metrics), its refusal as the
+        shared error type."""
+        manager = self._servicer._call(method)
+        try:
+            code = manager.__enter__()
+        except RpcFailure as failure:
+            raise _as_translation_error(failure) from None
+        try:
+            yield code
+        except BaseException as exc:
+            if not manager.__exit__(type(exc), exc, exc.__traceback__):
+                raise
+        else:
+            manager.__exit__(None, None, None)
 
     async def translate(self, request: TranslationRequest) -> list[Translation]:
         options = request.options
