@@ -50,6 +50,8 @@ class Engine:
     """ferry, grpc, transformers or ctranslate2."""
     dtype: str
     """Weights/compute type as the engine names it."""
+    env: tuple[tuple[str, str], ...] = ()
+    """Environment set in the engine's process before it loads (e.g. ``FERRY_FASTPATH=0``)."""
 
 
 @dataclass
@@ -259,10 +261,13 @@ def engines_for(device: str) -> list[Engine]:
             Engine("transformers float32", "transformers", "float32"),
             Engine("CTranslate2 float32", "ctranslate2", "float32"),
             Engine("CTranslate2 float16", "ctranslate2", "float16"),
+            Engine("CTranslate2 int8_float16", "ctranslate2", "int8_float16"),
         ]
     return [
         Engine("ferry float32", "ferry", "float32"),
         Engine("ferry int8", "ferry", "int8"),
+        Engine("ferry float32 eager", "ferry", "float32", (("FERRY_FASTPATH", "0"),)),
+        Engine("ferry int8 eager", "ferry", "int8", (("FERRY_FASTPATH", "0"),)),
         Engine("ferry gRPC float32", "grpc", "float32"),
         Engine("transformers float32", "transformers", "float32"),
         Engine("CTranslate2 float32", "ctranslate2", "float32"),
@@ -280,6 +285,7 @@ def _child(
     if threads:
         torch.set_num_threads(threads)
     os.environ["FERRY_BENCH_THREADS"] = str(threads)
+    os.environ.update(dict(engine.env))
     result = Result(engine.name, engine.kind, engine.dtype, beam, batch, device)
     try:
         translate = BUILDERS[engine.kind](paths, engine.dtype, beam, batch, device)
@@ -403,7 +409,11 @@ def ratios(results: list[Result]) -> list[dict[str, Any]]:
         ("ferry float32", "CTranslate2 float32"),
         ("ferry int8", "CTranslate2 int8"),
         ("ferry float16", "CTranslate2 float16"),
+        ("ferry bfloat16", "CTranslate2 float16"),
+        ("ferry float16", "CTranslate2 int8_float16"),
         ("ferry float32", "transformers float32"),
+        ("ferry float32", "ferry float32 eager"),
+        ("ferry int8", "ferry int8 eager"),
         ("ferry gRPC float32", "CTranslate2 float32"),
     ]
     out = []

@@ -1,0 +1,149 @@
+"""The inference fast path (model/fastpath.py) gives the eager path's tokens; the cache's shared
+cross-attention rows and spare-buffer reorders are invisible to decoding.
+
+Tolerances: float32 fast path = identical tokens and logits within 1e-4 of eager (oneDNN and MKL sum in
+different orders); int8 (per-channel dynamic quantization) = at least 90% of the tiny pairs
+translated exactly (it is a different model numerically; on en-de test2016 BLEU stays within 0.3).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from ferry.model import Translator
+from ferry.model.cache import DecoderCache
+from ferry.model.fastpath import PackedLinear, fast_path_report, onednn_available, prepare_for_inference
+from ferry.model.loading import load_model
+
+GEMMS = ["mkl", pytest.param("onednn", marks=pytest.mark.skipif(not onednn_available(), reason="no oneDNN"))]
+
+
+def _pair(tiny_checkpoint: Path, **prepare: object) -> tuple[Translator, Translator]:
+    eager = Translator(load_model(tiny_checkpoint))
+    loaded = load_model(tiny_checkpoint)
+    prepare_for_inference(loaded.model, **prepare)  # type: ignore[arg-type]
+    return eager, Translator(loaded)
+
+
+@pytest.mark.parametrize("gemm", GEMMS)
+def test_float32_fast_path_gives_eager_tokens(tiny_checkpoint: Path, tiny_pairs: list, gemm: str) -> None:
+    eager, fast = _pair(tiny_checkpoint, gemm=gemm)
+    report = fast_path_report(fast.model)
+    assert report is not None and set(report.gemm.values()) <= {gemm, "mkl"}
+    sources = [s for s, _ in tiny_pairs]
+    for beam in (1, 4):
+        want = eager.translate_batch(sources, beam_size=beam, max_batch_size=16, return_scores=True)
+        got = fast.translate_batch(sources, beam_size=beam, max_batch_size=16, return_scores=True)
+        assert [r.text for r in got] == [r.text for r in want]
+        assert [r.score for r in got] == pytest.approx([r.score for r in want], abs=1e-4)
+
+
+def test_fast_step_logits_match_eager(tiny_checkpoint: Path) -> None:
+    eager, fast = _pair(tiny_checkpoint, gemm="auto")
+    src = torch.tensor([[5, 6, 7, 3], [8, 9, 3, 0]])
+    lengths = torch.tensor([4, 3])
+    with torch.inference_mode():
+        caches = [t.model.init_cache(t.model.encode(src, lengths)) for t in (eager, fast)]
+        tokens = torch.tensor([2, 2])
+        for _ in range(5):
+            a, b = (t.model.decode_step(tokens, c) for t, c in zip((eager, fast), caches))
+            torch.testing.assert_close(b, a, atol=1e-4, rtol=1e-4)
+            tokens = a.argmax(-1)
+
+
+def test_prepared_model_keeps_its_state_dict(tiny_checkpoint: Path) -> None:
+    eager, fast = _pair(tiny_checkpoint)
+    a, b = eager.model.state_dict(), fast.model.state_dict()
+    assert a.keys() == b.keys()  # fused projections stay out; packed Linears keep their names
+    for name in a:
+        assert torch.equal(a[name], b[name]), name
+    assert isinstance(fast.model.output, PackedLinear)
+    assert prepare_for_inference(fast.model) is fast_path_report(fast.model)  # idempotent
+
+
+def test_int8_per_channel_within_tolerance(tiny_checkpoint: Path, tiny_pairs: list) -> None:
+    _, fast = _pair(tiny_checkpoint, quantize=True)
+    report = fast_path_report(fast.model)
+    assert report is not None and report.quantized
+    assert all(v.startswith("int8:") for v in report.gemm.values()) and "64x64" in report.gemm  # output too
+    sources = [s for s, _ in tiny_pairs]
+    for beam in (1, 4):
+        got = [r.text for r in fast.translate_batch(sources, beam_size=beam)]
+        exact = sum(g == t for g, (_, t) in zip(got, tiny_pairs))
+        assert exact >= 0.9 * len(tiny_pairs)
+
+
+def test_translator_int8_uses_the_fast_path(tiny_checkpoint: Path) -> None:
+    t = Translator(tiny_checkpoint, device="cpu", dtype="int8")
+    report = fast_path_report(t.model)
+    assert report is not None and report.quantized and t.dtype_name == "int8"
+
+
+# ---------------------------------------------------------------------------------------------- cache
+def _cache(rows: list[float], src_len: list[int], *, layers: int = 2) -> DecoderCache:
+    s = max(src_len)
+    cross = [torch.tensor(rows)[:, None, None, None].expand(len(rows), 1, s, 2).clone() for _ in range(layers)]
+    return DecoderCache(cross, [x.clone() for x in cross], torch.tensor(src_len), capacity=4)
+
+
+def test_beam_expansion_shares_cross_rows_and_regroups_on_drops() -> None:
+    c = _cache([1.0, 2.0, 3.0], [2, 5, 1])
+    c.select_rows(torch.arange(3).repeat_interleave(2))  # beam 2 expansion
+    assert c.group == 2 and c.num_rows == 6 and c.cross_k[0].shape[0] == 3  # no per-beam copy
+    assert c.src_lengths_host == [2, 2, 5, 5, 1, 1]
+    c.select_rows(torch.tensor([4, 5, 0, 1]))  # sentence 1 finished; whole groups kept
+    assert c.group == 2 and c.cross_k[0][:, 0, 0, 0].tolist() == [3.0, 1.0]
+    _, cross_bias = c.begin_step()
+    assert cross_bias.shape == (2, 1, 1, 2) and cross_bias[0, 0, 0].tolist() == [0.0, float("-inf")]
+    c.select_rows(torch.tensor([0, 3]))  # rows no longer in whole groups: one cross row per row
+    assert c.group == 1 and c.cross_k[0][:, 0, 0, 0].tolist() == [3.0, 1.0]
+
+
+def test_extend_joins_grouped_and_ungrouped_caches() -> None:
+    a = _cache([1.0, 2.0], [2, 3])
+    a.select_rows(torch.arange(2).repeat_interleave(2))
+    b = _cache([7.0], [4])
+    b.select_rows(torch.arange(1).repeat_interleave(2))
+    a.extend(b)  # same group: shared rows stay shared
+    assert a.group == 2 and a.cross_k[0][:, 0, 0, 0].tolist() == [1.0, 2.0, 7.0]
+    a.extend(_cache([9.0], [1]))  # a plain row joins: everything gets its own cross row
+    assert a.group == 1 and a.cross_k[0][:, 0, 0, 0].tolist() == [1.0, 1.0, 2.0, 2.0, 7.0, 7.0, 9.0]
+    assert a.src_lengths_host == [2, 2, 3, 3, 4, 4, 1]
+
+
+def test_reorder_through_the_spare_buffer_updates_the_views() -> None:
+    """Regression: a reorder that moves most rows gathers into the spare buffer and swaps it in; the
+    per-layer views must follow, or the next step writes into the old buffer."""
+    c = _cache([1.0, 2.0, 3.0, 4.0], [1, 1, 1, 1])
+    for i in range(4):
+        c.self_k[1][i, :, 0] = float(i)
+    c.lengths += 1
+    c.lengths_host = [1] * 4
+    c.reorder(torch.tensor([3, 2, 1, 1]))
+    assert c.self_k[1][:, 0, 0, 0].tolist() == [3.0, 2.0, 1.0, 1.0]
+    c.reorder(torch.tensor([1, 0, 3, 2]))
+    assert c.self_k[1][:, 0, 0, 0].tolist() == [2.0, 3.0, 1.0, 1.0]
+    c.self_k[1][0, :, 1] = 9.0  # writes land in the live buffer
+    assert c._self[0, 1, 0, 0, 1, 0].item() == 9.0
+
+
+@pytest.mark.parametrize("beam", [2, 4])
+def test_shared_cross_rows_decode_like_copies(tiny_checkpoint: Path, beam: int) -> None:
+    model = Translator(load_model(tiny_checkpoint)).model
+    src = torch.tensor([[5, 6, 7, 3], [8, 9, 3, 0]])
+    lengths = torch.tensor([4, 3])
+    with torch.inference_mode():
+        enc = model.encode(src, lengths)
+        shared, copied = model.init_cache(enc), model.init_cache(enc)
+        expand = torch.arange(2).repeat_interleave(beam)
+        shared.select_rows(expand)
+        copied.select_rows(expand)
+        copied._ungroup()
+        assert shared.group == beam and copied.group == 1
+        tokens = torch.arange(2 * beam) % 7 + 4
+        for _ in range(3):
+            a, b = model.decode_step(tokens, shared), model.decode_step(tokens, copied)
+            torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+            tokens = a.argmax(-1)
