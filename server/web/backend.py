@@ -93,7 +93,7 @@ class ServerBackend:
             )
         except RpcFailure as failure:
             raise _as_translation_error(failure) from None
-        auto = text_routing.AUTO == request.source_language
+        auto = request.source_language == text_routing.AUTO
         return [
             Translation(
                 text=t.text,

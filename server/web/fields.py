@@ -14,11 +14,10 @@ from ferry.model.options import MAX_BEAM_SIZE, InvalidRequestError
 from starlette.datastructures import UploadFile
 from starlette.requests import Request
 
-from ferry.text import TextFormat
+from ferry.text import FORMATS, TextFormat
 
-AUTO = "auto"
-"""The ``source`` value that asks the server to detect each text's language."""
-FORMATS: tuple[TextFormat, ...] = ("text", "html")
+from ..text_routing import AUTO
+
 MAX_ALTERNATIVES = MAX_BEAM_SIZE - 1
 """Alternatives are the n-best list after the best translation, so at most ``MAX_BEAM_SIZE - 1``."""
 
