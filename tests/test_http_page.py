@@ -159,3 +159,23 @@ def test_phone_width_is_one_column_without_sideways_scrolling(browser: Any, base
         browser.save_screenshot(str(tmp_path / "phone.png"))
     finally:
         browser.set_window_size(1100, 760)
+
+
+def test_the_key_field_when_the_server_requires_one(
+    browser: Any, tiny_checkpoint: Path, tiny_pairs: list, tmp_path: Path
+) -> None:
+    registry = ModelRegistry.load([tiny_checkpoint], device="cpu")
+    with serve_http(registry, auth_token="page-key") as (_, url):
+        open_page(browser, url)
+        key = browser.find_element(By.ID, "api_key")
+        assert key.is_displayed()
+        src, tgt = tiny_pairs[5]
+        type_text(browser, src)
+        browser.find_element(By.ID, "translate").click()
+        error = wait(
+            browser, lambda d: d.find_element(By.ID, "error").is_displayed() and d.find_element(By.ID, "error")
+        )
+        assert "this server requires an API key" in error.text
+        key.send_keys("page-key")
+        assert translate_and_read(browser) == tgt
+        assert not browser.find_element(By.ID, "error").is_displayed()
