@@ -14,7 +14,7 @@ from typing import TypeVar
 
 from ferry.text import Segmented, segment
 
-from .options import DecodeOptions, TranslationResult, blank_result
+from .options import DecodeOptions, TranslationResult, blank_result, is_blank
 
 T = TypeVar("T")
 
@@ -23,8 +23,9 @@ T = TypeVar("T")
 class TextPlan:
     """The sentences of a batch of texts and how to put their translations back together."""
 
+    texts: list[str]
     parts: list[Segmented]
-    """One segmentation per input text."""
+    """One segmentation per input text (none of a blank text: it translates to ``""``)."""
     sentences: list[str]
     """Every sentence to translate, all texts flattened in order."""
     owners: list[int]
@@ -34,13 +35,14 @@ class TextPlan:
 
 def split_texts(texts: Sequence[str], options: DecodeOptions) -> TextPlan:
     """Segment every text with ``options.text``."""
-    parts = [segment([text], options.text) for text in texts]
+    texts = list(texts)
+    parts = [Segmented(sentences=[]) if is_blank(text) else segment([text], options.text) for text in texts]
     sentences: list[str] = []
     owners: list[int] = []
     for i, part in enumerate(parts):
         sentences.extend(part.sentences)
         owners.extend([i] * len(part.sentences))
-    return TextPlan(parts, sentences, owners, options)
+    return TextPlan(texts, parts, sentences, owners, options)
 
 
 def merge_results(plan: TextPlan, results: Sequence[TranslationResult]) -> list[TranslationResult]:
@@ -49,9 +51,10 @@ def merge_results(plan: TextPlan, results: Sequence[TranslationResult]) -> list[
         raise ValueError(f"expected {len(plan.sentences)} sentence results, got {len(results)}")
     out: list[TranslationResult] = []
     start = 0
-    for part in plan.parts:
+    for text, part in zip(plan.texts, plan.parts):
         n = len(part.sentences)
-        out.append(_merge(part, list(results[start : start + n]), plan.options))
+        chunk = list(results[start : start + n])
+        out.append(blank_result(plan.options) if is_blank(text) else _merge(part, chunk, plan.options))
         start += n
     return out
 

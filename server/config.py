@@ -29,11 +29,18 @@ class EngineConfig:
     them instead of one per arrival) or after ``admit_every_steps`` steps, whichever comes first."""
     admit_every_steps: int = 4
     """Most decode steps a newcomer waits for company before it joins (1 = join at the next step)."""
+    newcomer_reserve: float = 0.125
+    """Fraction of the row and token budgets that a request with sentences already running may not
+    fill: it is kept for requests with nothing running, so a short request that arrives while a long
+    one fills the batch starts at the next admission instead of waiting for a running sentence to
+    finish. Requests of one sentence each (the usual load) use the whole budget."""
 
     def __post_init__(self) -> None:
         for name in ("max_batch_tokens", "max_batch_rows", "max_queue_sentences"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"EngineConfig.{name}={value!r} is invalid; it must be an integer >= 1")
+        if not 0.0 <= self.newcomer_reserve < 1.0:
+            raise ValueError(f"EngineConfig.newcomer_reserve={self.newcomer_reserve!r} is invalid; use 0 <= x < 1")
         if self.max_input_tokens is not None and (isinstance(self.max_input_tokens, bool) or self.max_input_tokens < 1):
             raise ValueError(f"EngineConfig.max_input_tokens={self.max_input_tokens!r} is invalid; use >= 1 or None")

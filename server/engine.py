@@ -21,40 +21,27 @@ from functools import partial
 
 import torch
 from ferry.model.backend import Backend
-from ferry.model.options import TranslationResult, blank_result, check_texts, is_blank
-from ferry.model.pipeline import merge_results, split_texts
-
-from .config import EngineConfig
-from .queue import RequestQueue
-from .requests import (
+from ferry.model.options import (
     DeadlineExceededError,
     DecodeOptions,
     EngineClosedError,
     EngineError,
     InputTooLongError,
-    QueueFullError,
-    Request,
-    RequestHandle,
-    Sentence,
     TranslationFailedError,
+    TranslationResult,
+    blank_result,
+    check_texts,
+    is_blank,
 )
+from ferry.model.pipeline import merge_results, split_texts
+
+from .config import EngineConfig
+from .queue import RequestQueue
+from .requests import Request, RequestHandle, Sentence
 from .runner import Failure, ModelRunner, StepReport
 from .scheduler import Budget, Scheduler, SchedulerOutput
 
-__all__ = [
-    "DeadlineExceededError",
-    "DecodeOptions",
-    "Engine",
-    "EngineClosedError",
-    "EngineConfig",
-    "EngineError",
-    "EngineStats",
-    "InputTooLongError",
-    "QueueFullError",
-    "RequestHandle",
-    "StepEvent",
-    "TranslationFailedError",
-]
+__all__ = ["Engine", "EngineConfig", "EngineStats", "RequestHandle", "StepEvent"]
 
 log = logging.getLogger("ferry.server.engine")
 
@@ -134,6 +121,7 @@ class Engine:
                 max_rows=config.max_batch_rows,
                 admit_batch=config.admit_batch,
                 admit_every_steps=config.admit_every_steps,
+                newcomer_reserve=config.newcomer_reserve,
             )
         )
         self._runner = ModelRunner(backend, max_rows=config.max_batch_rows)
@@ -321,7 +309,7 @@ class Engine:
                 done = len(s.request.results) - s.request.remaining
                 s.request.resolve(
                     error=DeadlineExceededError(
-                        f"deadline exceeded after {waited:.3f}s with {done} of {len(s.request.results)} texts done"
+                        f"deadline exceeded after {waited:.3f}s with {done} of {len(s.request.results)} sentences done"
                     )
                 )
         if decision.admit:

@@ -8,9 +8,10 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from ferry.model.options import MAX_BEAM_SIZE, UnknownModelError
+from ferry.model.options import MAX_BEAM_SIZE, TranslationRequest, UnknownModelError
 
 from .engine import Engine, EngineConfig
+from .requests import RequestHandle
 
 log = logging.getLogger("ferry.server")
 
@@ -106,6 +107,13 @@ class ModelRegistry:
         if model is None:
             raise UnknownModelError(f"language pair {src}-{tgt} is not served; served: {self.served()}")
         return model
+
+    def submit(self, request: TranslationRequest) -> tuple[ServedModel, RequestHandle]:
+        """Route ``request`` to its model and queue it there: the one entry point every transport uses
+        once it has mapped its wire format onto a ``TranslationRequest``. Raises what ``resolve`` and
+        ``Engine.submit`` raise (all ``TranslationError``s; ``status_of`` maps them)."""
+        model = self.resolve(request.source_language, request.target_language, request.model_id)
+        return model, model.engine.submit(request.texts, request.options, deadline=request.deadline)
 
     # ------------------------------------------------------------------ engines
     def start(self) -> None:

@@ -9,7 +9,9 @@ sentence can always run to its end without pre-emption.
 Fairness: sentences are picked one at a time from the request with the *fewest sentences in the running
 batch* (ties: the request that arrived first), so a request of many texts takes at most its share of
 the batch and a one-sentence request that arrives behind it joins at the next admission instead of
-waiting for all of its texts. Admission stops at the first picked sentence that does not fit (it is
+waiting for all of its texts. A request with sentences running leaves ``newcomer_reserve`` of the
+budgets free, so such a newcomer finds room at once, without waiting for a running sentence to end
+(no pre-emption is needed). Admission stops at the first picked sentence that does not fit (it is
 never overtaken forever), and a sentence larger than the whole budget still runs, alone, when nothing
 else does (it never starves).
 
@@ -39,6 +41,8 @@ class Budget:
     """While sentences run, newcomers join once this many wait (see ``EngineConfig.admit_batch``)."""
     admit_every_steps: int = 1
     """... or after this many steps, whichever comes first."""
+    newcomer_reserve: float = 0.0
+    """Fraction of both budgets a request with sentences running may not fill (kept for newcomers)."""
 
 
 @dataclass
@@ -105,14 +109,14 @@ class Scheduler:
         b = self.budget
         return not busy or waiting >= b.admit_batch or self._waited_steps >= b.admit_every_steps
 
-    def fits(self, sentence: Sentence, usage: Usage) -> bool:
-        """Whether ``sentence`` may join a batch that holds ``usage`` (an empty batch takes anything)."""
+    def fits(self, sentence: Sentence, usage: Usage, *, running: int = 0) -> bool:
+        """Whether ``sentence`` may join a batch that holds ``usage`` (an empty batch takes anything).
+        ``running``: sentences of its request already in the batch; then the newcomer reserve stays free."""
         if usage.sequences == 0:
             return True
-        return (
-            usage.rows + sentence.rows <= self.budget.max_rows
-            and usage.tokens + sentence.cost <= self.budget.max_tokens
-        )
+        b = self.budget
+        keep = 1.0 - b.newcomer_reserve if running else 1.0
+        return usage.rows + sentence.rows <= b.max_rows * keep and usage.tokens + sentence.cost <= b.max_tokens * keep
 
     def admit(self, queue: RequestQueue, running: list[Sentence]) -> list[Sentence]:
         """Take waiting sentences that fit next to ``running``, fairly across requests (fewest running
@@ -134,7 +138,7 @@ class Scheduler:
             if head is None:
                 heapq.heappop(heap)
                 continue
-            if not head.request.done and not self.fits(head, usage):
+            if not head.request.done and not self.fits(head, usage, running=count):
                 break
             queue.pop(rid)
             if head.request.done:

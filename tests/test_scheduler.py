@@ -40,6 +40,20 @@ def test_a_one_sentence_request_behind_96_long_texts_is_admitted_in_the_first_ro
     assert admitted_at == 1
 
 
+def test_the_newcomer_reserve_lets_a_one_sentence_request_start_while_the_batch_is_full() -> None:
+    """With 1/8 of the budgets reserved, the 96-text request stops at 7 of 8 possible sentences, and the
+    probe joins at the very next admission, before any running sentence has finished."""
+    scheduler = Scheduler(Budget(max_tokens=1 << 20, max_rows=32, newcomer_reserve=0.125))
+    queue = RequestQueue(4096)
+    queue.put(request(96, tokens=60))
+    running = scheduler.schedule(queue, [], now=0.0).admit
+    assert len(running) == 7  # 28 rows: the last 4 are kept for newcomers
+    assert scheduler.schedule(queue, running, now=0.0).admit == []  # still nothing for the big one
+    probe = request(1, tokens=5)
+    queue.put(probe)
+    assert scheduler.schedule(queue, running, now=0.0).admit == probe
+
+
 def test_fair_admission_alternates_between_waiting_requests() -> None:
     scheduler = Scheduler(Budget(max_tokens=1 << 20, max_rows=16))
     queue = RequestQueue(4096)
