@@ -208,6 +208,7 @@ def test_unknown_pair_lists_what_is_served(base: str) -> None:
         (b"q=red", "application/xml", "unsupported Content-Type 'application/xml'"),
         (b"x" * (17 * 1024), "application/json", "the limit is 16384"),
         (b"--b\r\ngarbage", "multipart/form-data; boundary=b", ""),
+        (b"[" * 8000 + b"]" * 8000, "application/json", "the body is not valid JSON"),
     ],
 )
 def test_unreadable_bodies_are_400(base: str, raw: bytes, content_type: str, message: str) -> None:
@@ -238,6 +239,23 @@ def read_all(sock: socket.socket) -> str:
     while chunk := sock.recv(65536):
         data += chunk
     return data.decode()
+
+
+def test_a_client_leaving_in_the_middle_of_its_body_logs_no_error(
+    server: tuple[ServerThread, str], caplog: pytest.LogCaptureFixture
+) -> None:
+    thread, base = server
+    assert thread.server is not None
+    servicer = thread.server.servicer
+    host, port = base.removeprefix("http://").split(":")
+    with caplog.at_level("WARNING", logger="ferry"):
+        sock = socket.create_connection((host, int(port)), timeout=30)
+        sock.sendall(b"POST /translate HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n")
+        sock.sendall(b'Content-Length: 1000\r\n\r\n{"q": "red')
+        wait_for(lambda: servicer.inflight == 1)  # reading the body
+        sock.close()
+        wait_for(lambda: servicer.inflight == 0)
+    assert not [r for r in caplog.records if r.levelname in ("ERROR", "CRITICAL")], caplog.text
 
 
 def test_file_uploads_are_refused(base: str) -> None:

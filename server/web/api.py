@@ -20,7 +20,7 @@ from typing import Any, Protocol, TypeVar
 from ferry.model.options import DecodeOptions, Status, TranslationError, TranslationRequest, status_of
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
@@ -186,7 +186,7 @@ class _Api:
                 except AuthError as exc:
                     code[0] = "UNAUTHENTICATED"
                     return error(str(exc), 403)
-                except ClientGone:
+                except (ClientGone, ClientDisconnect):  # before the answer, or in the middle of the body
                     code[0] = "CANCELLED"
                     return Response(status_code=499)  # nobody reads it
                 except Exception as exc:

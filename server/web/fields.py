@@ -76,7 +76,7 @@ async def read_body(request: Request, limit: int) -> dict[str, Any]:
             )
         try:
             parsed = json.loads(body)
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
             raise FieldError(f'the body is not valid JSON ({exc}); send an object such as {{"q": "Hello"}}') from None
         if not isinstance(parsed, dict):
             raise FieldError(f'the JSON body is a {type(parsed).__name__}; send an object such as {{"q": "Hello"}}')
