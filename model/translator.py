@@ -107,8 +107,6 @@ class Translator:
     def max_positions(self) -> int:
         return self.model.cfg.max_positions
 
-    max_input_tokens = max_positions
-
     @property
     def dtype_name(self) -> str:
         """The weights' dtype as users name it (``int8`` for a quantized model)."""
@@ -144,8 +142,6 @@ class Translator:
         if copies > 1:
             cache.select_rows(torch.arange(len(rows), device=self.device).repeat_interleave(copies))
         return cache
-
-    encode_ids = encode
 
     def decode_step(self, tokens: torch.Tensor, cache: DecoderCache) -> torch.Tensor:
         return self.model.decode_step(tokens, cache)  # (R, V)
