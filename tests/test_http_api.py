@@ -211,10 +211,14 @@ def test_unknown_pair_lists_what_is_served(base: str) -> None:
         (b"[" * 8000 + b"]" * 8000, "application/json", "the body is not valid JSON"),
     ],
 )
-def test_unreadable_bodies_are_400(base: str, raw: bytes, content_type: str, message: str) -> None:
-    reply = call(f"{base}/translate", raw=raw, headers={"Content-Type": content_type})
+def test_unreadable_bodies_are_400(
+    base: str, raw: bytes, content_type: str, message: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level("WARNING"):
+        reply = call(f"{base}/translate", raw=raw, headers={"Content-Type": content_type})
     assert reply.status == 400, reply.body
     assert message in reply.body["error"]
+    assert not caplog.records, caplog.text  # a client's bad body is its problem, not the server log's
 
 
 def test_chunked_body_over_the_limit_is_400(base: str) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hmac
 import json
+import logging
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qsl
@@ -17,6 +18,10 @@ from starlette.requests import Request
 from ferry.text import FORMATS, TextFormat
 
 from ..text_routing import AUTO
+
+# The multipart parser logs a WARNING for each malformed body before raising; the client gets a 400
+# saying what was wrong, so the server's log stays quiet about it.
+logging.getLogger("python_multipart").setLevel(logging.ERROR)
 
 MAX_ALTERNATIVES = MAX_BEAM_SIZE - 1
 """Alternatives are the n-best list after the best translation, so at most ``MAX_BEAM_SIZE - 1``."""
