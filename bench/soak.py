@@ -212,6 +212,7 @@ class Worker:
         self.start = start
         self.stop_at = stop_at
         self.outcomes: list[Outcome] = []
+        self.wrong_examples: list[dict[str, str]] = []
 
     def run(self) -> None:
         kinds, weights = list(KINDS), list(KINDS.values())
@@ -234,7 +235,13 @@ class Worker:
 
     def _check(self, outcome: Outcome, sources: list[str], texts: list[str], refs: dict[str, str]) -> None:
         outcome.checked += len(sources)
-        outcome.wrong += sum(refs[s] != t for s, t in zip(sources, texts)) + abs(len(sources) - len(texts))
+        outcome.wrong += abs(len(sources) - len(texts))
+        for source, text in zip(sources, texts):
+            if refs[source] != text:
+                outcome.wrong += 1
+                self.wrong_examples.append(
+                    {"kind": outcome.kind, "source": source, "expected": refs[source], "got": text}
+                )
 
     def greedy(self, client: TranslationClient, channel: grpc.Channel, outcome: Outcome) -> None:
         sources = self.rng.sample(SENTENCES, self.rng.randint(1, 4))
@@ -442,6 +449,7 @@ def main(argv: list[str] | None = None) -> int:
         "final_exit_code": final_exit,
         "lost_examples": [asdict(o) for o in lost[:10]],
         "unexpected_examples": [asdict(o) for o in unexpected[:10]],
+        "wrong_examples": [e for w in workers for e in w.wrong_examples][:10],
         "samples": [asdict(s) for s in samples],
     }
     print_report(report)
@@ -485,7 +493,7 @@ def print_report(r: dict[str, Any]) -> None:
     print("\n| kind | status codes |\n|---|---|")
     for kind, codes in r["codes"].items():
         print(f"| {kind} | {', '.join(f'{c} {n}' for c, n in sorted(codes.items()))} |")
-    for o in r["lost_examples"] + r["unexpected_examples"]:
+    for o in r["lost_examples"] + r["unexpected_examples"] + r["wrong_examples"]:
         print("example:", o)
 
 

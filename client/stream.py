@@ -176,7 +176,12 @@ class StreamJob:
                         f"(first: request {min(self.pending or done)})",
                     )
                 return
-            delay = next(delays, None) if failure.retryable else None
+            # The job cancels its own call only after deciding (or through the watchdog, which
+            # raised above), so CANCELLED here comes from a server that stopped while the call was
+            # starting (gRPC core reports that race as CANCELLED): as safe to retry as UNAVAILABLE,
+            # since every unanswered batch is resent and answers are matched by index.
+            retryable = failure.retryable or failure.code == grpc.StatusCode.CANCELLED
+            delay = next(delays, None) if retryable else None
             if delay is None:
                 raise failure
             time.sleep(delay)

@@ -334,3 +334,46 @@ def test_unavailable_is_still_an_error_after_the_budget() -> None:
         with pytest.raises(FerryError) as err:
             client.translate(["a"], "xx", "yy")
         assert err.value.code == grpc.StatusCode.UNAVAILABLE
+
+
+def test_stream_job_resends_after_a_server_side_cancel() -> None:
+    """A server that stops while a stream starts is reported by gRPC as CANCELLED: the stream
+    helper resends its batches on a new call, as after UNAVAILABLE (the soak test hit this)."""
+    from concurrent import futures
+
+    calls = [0]
+
+    def translate_stream(requests: Iterator[pb.TranslateRequest], context: grpc.ServicerContext) -> Iterator[object]:
+        calls[0] += 1
+        if calls[0] == 1:
+            context.abort(grpc.StatusCode.CANCELLED, "server stopping")
+        for r in requests:
+            texts = [" ".join(reversed(t.split())) for t in r.texts]
+            response = pb.TranslateResponse(request_id=r.request_id)
+            for text in texts:
+                response.translations.add(text=text)
+            yield pb.TranslateStreamResponse(request_id=r.request_id, response=response)
+
+    handler = grpc.method_handlers_generic_handler(
+        "ferry.v1.TranslationService",
+        {
+            "TranslateStream": grpc.stream_stream_rpc_method_handler(
+                translate_stream,
+                request_deserializer=pb.TranslateRequest.FromString,
+                response_serializer=pb.TranslateStreamResponse.SerializeToString,
+            )
+        },
+    )
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
+    server.add_generic_rpc_handlers((handler,))
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    try:
+        with TranslationClient(f"127.0.0.1:{port}", backoff=0.01) as client:
+            texts = [f"a {i}" for i in range(10)]
+            assert [t.text for t in client.translate_stream(texts, "xx", "yy", batch_size=3)] == [
+                f"{i} a" for i in range(10)
+            ]
+        assert calls[0] == 2
+    finally:
+        server.stop(0)
