@@ -228,7 +228,7 @@ until curl -sf --max-time 5 "http://127.0.0.1:$METRICS_PORT/metrics" | grep -Eq 
 done
 say "call in flight; stopping the container (timeout 90 s > drain 60 s)"
 start=$SECONDS
-timeout 120 "$ENGINE" stop -t 90 "$CONTAINER" >/dev/null
+timeout 120 "$ENGINE" stop -t 90 "$CONTAINER" >/dev/null 2>>"$WORK/engine.log"
 wait "$call" || { cat "$WORK/drain.log" >&2; fail "the in-flight call failed during the drain"; }
 lines=$(wc -l <"$WORK/drain.out")
 ((lines == DRAIN_LINES)) || fail "the in-flight call returned $lines of $DRAIN_LINES lines"
@@ -236,7 +236,7 @@ code=$("$ENGINE" inspect --format '{{.State.ExitCode}}' "$CONTAINER")
 ((code == 0)) || fail "the server exited with $code"
 "$ENGINE" logs "$CONTAINER" 2>&1 | grep -q 'ferry stopped (drained)' || fail "the log does not say the drain finished"
 say "stopped in $((SECONDS - start)) s: in-flight call completed ($lines/$DRAIN_LINES lines), exit code 0, 'ferry stopped (drained)'"
-"$ENGINE" rm -f "$CONTAINER" >/dev/null
+"$ENGINE" rm -f "$CONTAINER" >/dev/null 2>>"$WORK/engine.log"
 
 # --- 5. compose -----------------------------------------------------------------------------
 if [[ ${SMOKE_SKIP_COMPOSE:-0} == 1 ]]; then
