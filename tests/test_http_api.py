@@ -262,6 +262,16 @@ def test_a_client_leaving_in_the_middle_of_its_body_logs_no_error(
     assert not [r for r in caplog.records if r.levelname in ("ERROR", "CRITICAL")], caplog.text
 
 
+def test_malformed_http_logs_nothing(base: str, caplog: pytest.LogCaptureFixture) -> None:
+    host, port = base.removeprefix("http://").split(":")
+    with caplog.at_level("WARNING"):
+        for garbage in (b"NOT HTTP AT ALL\r\n\r\n", b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n\r\n"):
+            with socket.create_connection((host, int(port)), timeout=30) as sock:
+                sock.sendall(garbage)
+                assert sock.recv(1024).startswith(b"HTTP/1.1 ")
+    assert not caplog.records, caplog.text
+
+
 def test_file_uploads_are_refused(base: str) -> None:
     body = (
         b'--b\r\nContent-Disposition: form-data; name="q"; filename="a.txt"\r\nContent-Type: text/plain\r\n\r\n'

@@ -5,12 +5,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import socket
 from collections.abc import Iterator
 from pathlib import Path
 
 import uvicorn
 from starlette.types import ASGIApp
+
+# uvicorn logs a WARNING for each malformed HTTP request or unsupported upgrade (the client gets a 400);
+# a client must not be able to fill the server's log. Its errors (a bug in the app) still show.
+logging.getLogger("uvicorn.error").setLevel(logging.ERROR)
 
 
 class _Uvicorn(uvicorn.Server):
