@@ -188,3 +188,21 @@ def test_a_sentence_of_untouched_code_only_is_not_translated() -> None:
     seg = segment([src], HTML)
     assert seg.sentences == ["The girl is smiling."]
     assert seg.reassemble(["Das Mädchen lächelt."]) == ["<p>Das Mädchen lächelt. <code>x = 1</code></p>"]
+
+
+def test_random_markup_soup_never_crashes_and_keeps_its_tags() -> None:
+    import random
+
+    pieces = [
+        "<p>", "</p>", "<b>", "</b>", "<i>", "</i>", "<a href='x'>", "</a>", "<br>", "<img src=x>", "<!-- c -->",
+        "<code>", "</code>", "<script>", "</script>", "&amp;", "&nbsp;", "&#38;", "&bogus;", "<", ">", "&", " ",
+        "\n", "Hello there.", "Dr. Who?", "word", "x.", "<span class=notranslate>", "</span>", "<div translate=no>",
+        "</div>", "<pre>", "</pre>", "<!DOCTYPE html>", "<![CDATA[x]]>", "<?pi?>", "</", "<p", "'", '"',
+    ]  # fmt: skip
+    rng = random.Random(0)
+    for _ in range(500):
+        src = "".join(rng.choice(pieces) for _ in range(rng.randint(0, 30)))
+        seg = segment([src], HTML)
+        same = seg.reassemble(seg.sentences)[0]
+        upper = seg.reassemble([s.upper() for s in seg.sentences])[0]
+        assert tags(upper).tags == tags(same).tags, src
