@@ -82,9 +82,9 @@ def output_limit(source_tokens: int, max_length: int | None, max_positions: int)
 def check_texts(texts: object) -> list[str]:
     """``texts`` as a list of strings; ``ValueError`` for a single string or a non-string item."""
     if isinstance(texts, str):
-        raise ValueError("texts must be a sequence of strings, not a single string")
+        raise ValueError("texts must be a list of strings, not a single string")
     if not isinstance(texts, Sequence):
-        raise ValueError(f"texts must be a sequence of strings, got {type(texts).__name__}")
+        raise ValueError(f"texts must be a list of strings, got {type(texts).__name__}")
     out = list(texts)
     for i, t in enumerate(out):
         if not isinstance(t, str):
