@@ -206,3 +206,14 @@ def test_random_markup_soup_never_crashes_and_keeps_its_tags() -> None:
         same = seg.reassemble(seg.sentences)[0]
         upper = seg.reassemble([s.upper() for s in seg.sentences])[0]
         assert tags(upper).tags == tags(same).tags, src
+
+
+def test_verbatim_match_respects_word_boundaries() -> None:
+    table = {"A man runs.": "Ein Mann rennt.", "man": "Mann"}
+    assert translate("<p>A <b>man</b> runs.</p>", lambda ss: [table[s] for s in ss]) == "<p>Ein <b>Mann</b> rennt.</p>"
+
+
+def test_inline_element_without_letters_is_kept_whole() -> None:
+    seg = segment(["<p>Dogs play in the snow<sup>1</sup>.</p>"], HTML)
+    assert seg.sentences == ["Dogs play in the snow1."]  # no hint asked for the footnote mark
+    assert seg.reassemble(["Hunde spielen im Schnee."]) == ["<p>Hunde spielen im Schnee<sup>1</sup>.</p>"]

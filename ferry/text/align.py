@@ -75,10 +75,19 @@ def verbatim(text: str, snippet: str, lo: int, hi: int) -> tuple[int, int] | Non
     """``snippet`` copied into ``text[lo:hi]``: exact case first, then ignoring case."""
     if not snippet:
         return None
-    i = text.find(snippet, lo, hi)
-    if i < 0:
-        i = text.lower().find(snippet.lower(), lo, hi)
-    return (i, i + len(snippet)) if i >= 0 else None
+    for haystack, needle in ((text, snippet), (text.lower(), snippet.lower())):
+        i = haystack.find(needle, lo, hi)
+        while i >= 0:
+            j = i + len(needle)
+            if _boundary(text, i) and _boundary(text, j):  # "man" is not the start of "Mann"
+                return i, j
+            i = haystack.find(needle, i + 1, hi)
+    return None
+
+
+def _boundary(text: str, i: int) -> bool:
+    """No word continues across position ``i``."""
+    return i <= 0 or i >= len(text) or not (text[i - 1].isalnum() and text[i].isalnum())
 
 
 def by_hint(text: str, hint: str, lo: int, hi: int) -> tuple[int, int] | None:

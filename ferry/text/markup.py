@@ -153,6 +153,23 @@ def _consume_element(tokens: list[Token], i: int) -> int:
     return j
 
 
+LOOKAHEAD = 32
+"""Tokens an inline element may span and still be checked for words (bounds the work on broken markup)."""
+
+
+def _no_words(tokens: list[Token], i: int) -> bool:
+    """An inline element whose text has no letters (a footnote mark ``<sup>1</sup>``, a symbol): kept whole,
+    since the model drops or mangles such fragments."""
+    if tokens[i].tag not in INLINE:
+        return False
+    j = _consume_element(tokens[: i + LOOKAHEAD], i)
+    inner = tokens[i + 1 : j]
+    if j == min(len(tokens), i + LOOKAHEAD) and not (inner and inner[-1].kind == "end"):
+        return False  # not closed within reach
+    text = "".join(t.text() for t in inner if t.kind in ("data", "entity"))
+    return bool(text.strip()) and not any(ch.isalpha() for ch in text)
+
+
 def parts(tokens: list[Token]) -> list[Part]:
     """Split the token stream into raw parts and runs (in order; raw texts concatenate to the input)."""
     out: list[Part] = []
@@ -167,7 +184,7 @@ def parts(tokens: list[Token]) -> list[Part]:
     i = 0
     while i < len(tokens):
         tok = tokens[i]
-        if tok.kind == "start" and tok.tag not in VOID and is_untouched(tok):
+        if tok.kind == "start" and tok.tag not in VOID and (is_untouched(tok) or _no_words(tokens, i)):
             j = _consume_element(tokens, i)
             raw = "".join(t.raw for t in tokens[i:j])
             if tok.tag in INLINE:
