@@ -192,7 +192,7 @@ def _server(paths: Paths, dtype: str, device: str, threads: int) -> Iterator[tup
     port = _free_port()
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
     cmd = [sys.executable, "-m", "ferry", "serve", "--model", paths.model, "--host", "127.0.0.1"]
-    cmd += ["--port", str(port), "--metrics-port", "0", "--device", device, "--dtype", dtype]
+    cmd += ["--port", str(port), "--metrics-port", "0", "--http-port", "0", "--device", device, "--dtype", dtype]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         yield f"127.0.0.1:{port}", proc

@@ -111,7 +111,7 @@ def free_port() -> int:
 def start_server(args: argparse.Namespace) -> tuple[subprocess.Popen[str], str]:
     port = free_port()
     cmd = [sys.executable, "-m", "ferry", "serve", "--model", args.model, "--host", "127.0.0.1", "--port", str(port)]
-    cmd += ["--metrics-port", "0", "--device", args.device, *args.serve_arg]
+    cmd += ["--metrics-port", "0", "--http-port", "0", "--device", args.device, *args.serve_arg]
     env = {**os.environ, **({"OMP_NUM_THREADS": str(args.threads)} if args.threads else {})}
     proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, env=env)
     ready = threading.Event()

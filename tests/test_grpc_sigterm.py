@@ -22,7 +22,7 @@ START_TIMEOUT_S = 240.0
 def start_server(checkpoint: Path) -> tuple[subprocess.Popen[str], int, queue.Queue[str]]:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "ferry", "serve", "--model", str(checkpoint), "--host", "127.0.0.1"]
-    cmd += ["--port", "0", "--metrics-port", "0", "--device", "cpu", "--drain-timeout", "120"]
+    cmd += ["--port", "0", "--metrics-port", "0", "--http-port", "0", "--device", "cpu", "--drain-timeout", "120"]
     proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, env=env)
     lines: queue.Queue[str] = queue.Queue()
 

@@ -120,6 +120,8 @@ def replicas(tiny_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) ->
                         str(port),
                         "--metrics-port",
                         "0",
+                        "--http-port",
+                        "0",
                         "--device",
                         "cpu",
                     ],
