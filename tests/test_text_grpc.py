@@ -164,3 +164,11 @@ def test_cli_auto_with_a_model_of_another_language_is_an_error(
     src.write_text(f"{EN}\n", encoding="utf-8")
     assert main(["translate", "--model", str(tiny_checkpoint), "-s", "auto", "-t", "yy", "-i", str(src)]) != 0
     assert "detected as 'en'" in capsys.readouterr().err
+
+
+def test_stream_with_auto_and_html(client: TranslationClient, tiny_pairs: list[tuple[str, str]]) -> None:
+    results = list(client.translate_stream(iter([EN, DE, EN]), "auto", "yy", batch_size=2))
+    assert [r.detected_language for r in results] == ["en", "de", "en"]
+    (s1, t1) = tiny_pairs[0]
+    html = list(client.translate_stream(iter([f"<p>{s1}</p>"]), "xx", "yy", text_format="html"))
+    assert [r.text for r in html] == [f"<p>{t1}</p>"]
