@@ -90,4 +90,3 @@ def write_document(text: str, path: str | None) -> None:
     else:
         sys.stdout.write(text)
         sys.stdout.flush()
-
