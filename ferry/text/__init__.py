@@ -6,10 +6,15 @@ translated sentences back into one output text per input text, with the original
 ``ferry translate``, gRPC and HTTP. Pure Python: no torch, no model.
 
 Contract (keep it stable; callers depend on exactly this):
-- ``TextOptions``: how texts are split (``split_sentences``) and their format (``"text"`` or ``"html"``).
+- ``TextOptions``: how texts are split (``split_sentences``), their format (``"text"`` or ``"html"``) and
+  the source language whose splitting rules apply (``language``, optional).
 - ``segment(texts, options) -> Segmented``; ``Segmented.sentences: list[str]``;
   ``Segmented.reassemble(translations: Sequence[str]) -> list[str]`` (one translation per sentence, in
   order; returns one text per input text).
+
+Modules: ``split`` (sentence spans and layout), ``markup`` (HTML tokens and runs), ``document`` (an HTML
+text's sentences and rebuild), ``align`` (where inline tags go in a translation), ``detect`` (language
+detection). See docs/text.md.
 """
 
 from __future__ import annotations
