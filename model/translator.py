@@ -143,6 +143,9 @@ class Translator:
             cache.select_rows(torch.arange(len(rows), device=self.device).repeat_interleave(copies))
         return cache
 
+    encode_ids = encode
+    """The model-core name of ``encode`` (search and fast-path tests use it)."""
+
     def decode_step(self, tokens: torch.Tensor, cache: DecoderCache) -> torch.Tensor:
         return self.model.decode_step(tokens, cache)  # (R, V)
 
