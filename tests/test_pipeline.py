@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from ferry.model.options import DecodeOptions, TranslationResult
 from ferry.model.pipeline import merge_results, split_texts
+
 from ferry.text import TextOptions
 
 
