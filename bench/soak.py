@@ -203,9 +203,17 @@ class Worker:
     """One client: requests of a random kind, one at a time, until the end."""
 
     def __init__(
-        self, index: int, address: str, refs: References, start: float, stop_at: float, retry_timeout: float
+        self,
+        index: int,
+        address: str,
+        refs: References,
+        start: float,
+        stop_at: float,
+        retry_timeout: float,
+        kinds: dict[str, int] = KINDS,
     ) -> None:
         self.rng = random.Random(index)
+        self.kinds = kinds
         self.retry_timeout = retry_timeout
         self.address = address
         self.refs = refs
@@ -215,7 +223,7 @@ class Worker:
         self.wrong_examples: list[dict[str, str]] = []
 
     def run(self) -> None:
-        kinds, weights = list(KINDS), list(KINDS.values())
+        kinds, weights = list(self.kinds), list(self.kinds.values())
         client = TranslationClient(self.address, timeout=120, retry_timeout=self.retry_timeout)
         with client, grpc.insecure_channel(self.address) as channel:
             while time.monotonic() < self.stop_at:
@@ -332,8 +340,10 @@ def plot(samples: list[Sample], restart: Restart, duration: float, path: Path) -
             linestyle="--",
             color="C0" if server == 0 else "C1",
         )
-    ax.axvline(restart.sigterm_at, color="grey", linestyle=":", label="SIGTERM")
-    ax.axvline(restart.ready_at, color="grey", linestyle="-.", label="restarted")
+    if restart.sigterm_at:
+        ax.axvline(restart.sigterm_at, color="grey", linestyle=":", label="SIGTERM")
+    if restart.ready_at:
+        ax.axvline(restart.ready_at, color="grey", linestyle="-.", label="restarted")
     ax.set_xlim(0, max(duration, max((s.at for s in samples), default=0)))
     ax.set_xlabel("seconds")
     ax.set_ylabel("MiB")
@@ -351,7 +361,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--clients", type=int, default=16)
     p.add_argument("--duration", type=float, default=20.0, help="seconds of load (bounded: at most 600)")
     p.add_argument(
-        "--restart-at", type=float, default=None, help="seconds into the run of the SIGTERM (default: a third)"
+        "--restart-at",
+        type=float,
+        default=None,
+        help="seconds into the run of the SIGTERM (default: a third; >= --duration: no restart)",
     )
     p.add_argument("--drain-timeout", type=float, default=10.0)
     p.add_argument(
@@ -362,7 +375,16 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--json", type=Path, default=None, help="write the report here")
     p.add_argument("--plot", type=Path, default=None, help="write the RSS plot (PNG) here")
+    p.add_argument(
+        "--kinds",
+        default=",".join(KINDS),
+        help=f"comma-separated kinds of call to mix (default: all of {', '.join(KINDS)})",
+    )
     args = p.parse_args(argv)
+    unknown = set(args.kinds.split(",")) - set(KINDS)
+    if unknown:
+        p.error(f"unknown --kinds {sorted(unknown)}; choose from {', '.join(KINDS)}")
+    kinds = {k: KINDS[k] for k in args.kinds.split(",")}
     if not 1 <= args.clients <= 256 or not 1 <= args.duration <= 600:
         p.error("--clients must be in [1, 256] and --duration in [1, 600] seconds")
 
@@ -388,6 +410,8 @@ def main(argv: list[str] | None = None) -> int:
 
     def restarter() -> None:
         at = args.duration / 3 if args.restart_at is None else args.restart_at
+        if at >= args.duration:  # no restart in this run
+            return
         time.sleep(max(0.0, start + at - time.monotonic()))
         restart.sigterm_at = time.monotonic() - start
         restart.exit_code = server.stop()
@@ -401,7 +425,7 @@ def main(argv: list[str] | None = None) -> int:
         restart.ready_at = time.monotonic() - start
         restart.unavailable_seconds = restart.ready_at - restart.sigterm_at
 
-    workers = [Worker(i, address, refs, start, stop_at, args.retry_timeout) for i in range(args.clients)]
+    workers = [Worker(i, address, refs, start, stop_at, args.retry_timeout, kinds) for i in range(args.clients)]
     threads = [threading.Thread(target=w.run, daemon=True) for w in workers]
     helpers = [threading.Thread(target=sample, daemon=True), threading.Thread(target=restarter, daemon=True)]
     for t in helpers + threads:
