@@ -308,7 +308,10 @@ class DecoderCache:
             return base
         if spare and 2 * len(moved) > len(idx) and width > 0:
             if self._spare is None or self._spare.shape != base.shape:
-                self._spare = torch.empty_like(base)
+                # Zeros, not empty_like: rows past len(idx) become spare rows that later joins fill only
+                # up to their own length, and attention reads every position up to the longest row
+                # (masked, but 0 × NaN is NaN): uninitialised memory there turned outputs into ⁇.
+                self._spare = torch.zeros_like(base)
             out = self._spare
             torch.index_select(base, 0, torch.tensor(idx, device=base.device), out=out[: len(idx)])
             self._spare = base
