@@ -116,6 +116,37 @@ def _ferry(paths: Paths, dtype: str, beam: int, batch: int, device: str) -> Tran
     return run
 
 
+def _ferry_graphed(paths: Paths, dtype: str, beam: int, batch: int, device: str) -> Translate:
+    """ferry with the decode step replayed from CUDA graphs (model/graph_step.py)."""
+    import torch
+    from ferry.model.graph_step import decode_stepper
+    from ferry.model.search import run_search
+    from ferry.model.translator import Translator
+
+    translator = Translator(paths.model, device=device, dtype=dtype)
+    stepper = decode_stepper(translator.model)
+
+    def run(texts: list[str]) -> tuple[list[str], int]:
+        ids = translator.tokenizer.encode_source(texts)
+        order = sorted(range(len(texts)), key=lambda i: len(ids[i]), reverse=True)
+        out: list[str] = [""] * len(texts)
+        tokens = 0
+        with torch.inference_mode():
+            for start in range(0, len(order), batch):
+                idx = order[start : start + batch]
+                searcher = translator.new_searcher(beam)
+                cache = translator.encode_ids([ids[i] for i in idx], copies=searcher.rows_per_seq)
+                limits = [output_limit(len(ids[i])) for i in idx]
+                found = run_search(stepper, cache, searcher, list(range(len(idx))), limits)  # type: ignore[arg-type]
+                for j, i in enumerate(idx):
+                    best = found[j][0].tokens
+                    out[i] = translator.tokenizer.decode_target(best)
+                    tokens += len(best)
+        return out, tokens
+
+    return run
+
+
 def _transformers(paths: Paths, dtype: str, beam: int, batch: int, device: str) -> Translate:
     import torch
     from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
@@ -245,6 +276,7 @@ _SERVER: list[int] = []
 _SERVER_PEAK_MB: list[float] = []
 BUILDERS: dict[str, Callable[[Paths, str, int, int, str], Translate]] = {
     "ferry": _ferry,
+    "ferry-graph": _ferry_graphed,
     "grpc": _grpc,
     "transformers": _transformers,
     "ctranslate2": _ctranslate2,
@@ -257,6 +289,8 @@ def engines_for(device: str) -> list[Engine]:
             Engine("ferry float32", "ferry", "float32"),
             Engine("ferry float16", "ferry", "float16"),
             Engine("ferry bfloat16", "ferry", "bfloat16"),
+            Engine("ferry float16 graphs", "ferry-graph", "float16"),
+            Engine("ferry bfloat16 graphs", "ferry-graph", "bfloat16"),
             Engine("ferry gRPC float16", "grpc", "float16"),
             Engine("transformers float32", "transformers", "float32"),
             Engine("CTranslate2 float32", "ctranslate2", "float32"),
@@ -319,7 +353,7 @@ def _child(
     if engine.kind == "grpc":  # the server did the work: its peak
         result.peak_rss_mb = _SERVER_PEAK_MB[0] if _SERVER_PEAK_MB else 0.0
         result.note = "client sends requests of batch-size sentences, one at a time"
-    if device == "cuda" and engine.kind in ("ferry", "transformers"):
+    if device == "cuda" and engine.kind in ("ferry", "ferry-graph", "transformers"):
         result.gpu_peak_mb = torch.cuda.max_memory_allocated() / 2**20
     return {"result": asdict(result), "outputs": outputs}
 
@@ -411,6 +445,9 @@ def ratios(results: list[Result]) -> list[dict[str, Any]]:
         ("ferry float16", "CTranslate2 float16"),
         ("ferry bfloat16", "CTranslate2 float16"),
         ("ferry float16", "CTranslate2 int8_float16"),
+        ("ferry float16 graphs", "CTranslate2 float16"),
+        ("ferry float16 graphs", "CTranslate2 int8_float16"),
+        ("ferry bfloat16 graphs", "CTranslate2 float16"),
         ("ferry float32", "transformers float32"),
         ("ferry float32", "ferry float32 eager"),
         ("ferry int8", "ferry int8 eager"),
