@@ -8,8 +8,15 @@ import json
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", help="model directory; default: the shipped en-de model")
+    p.add_argument("-s", "--source-language", help="with no --model: pick the default model for this pair")
+    p.add_argument("-t", "--target-language", help="with no --model: pick the default model for this pair")
     p.add_argument("--src", required=True, help="source file (plain or .gz)")
-    p.add_argument("--ref", required=True, help="reference translations, line-aligned (plain or .gz)")
+    p.add_argument(
+        "--ref",
+        required=True,
+        nargs="+",
+        help="reference translations, line-aligned (plain or .gz); several files = multi-reference",
+    )
     p.add_argument("--beam-size", type=int, default=4, help="1 = greedy (default 4)")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
@@ -24,7 +31,8 @@ def run(args: argparse.Namespace) -> int:
     from ferry.model.evaluate import evaluate
     from ferry.model.translator import load_translator
 
-    translator = load_translator(args.model or default_model_dir(), device=args.device, dtype=args.dtype)
+    model = args.model or default_model_dir(args.source_language, args.target_language)
+    translator = load_translator(model, device=args.device, dtype=args.dtype)
     s = evaluate(
         translator,
         args.src,

@@ -154,17 +154,17 @@ def configure_logging(level: str | None, as_json: bool) -> None:
 
 
 def model_dirs(args: argparse.Namespace) -> list[Path]:
-    from ferry import default_model_dir
+    from ferry import default_model_dirs
 
     if args.model:
         return [Path(m) for m in args.model]
     env = os.environ.get("FERRY_MODEL", "")
     if env.strip():
         return [Path(m.strip()) for m in env.split(",") if m.strip()]
-    default = default_model_dir()
-    if not default.is_dir():
-        raise FileNotFoundError(f"no --model given and the default model {default} does not exist; pass --model DIR")
-    return [default]
+    defaults = [d for d in default_model_dirs() if d.is_dir()]
+    if not defaults:
+        raise FileNotFoundError("no --model given and no default model exists (models/*/ or $FERRY_DEFAULT_MODEL)")
+    return defaults
 
 
 def run(args: argparse.Namespace) -> int:

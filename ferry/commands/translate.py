@@ -12,15 +12,20 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     from ferry.model.options import DecodeOptions  # light: no torch at import time
     from ferry.text import TextOptions
 
-    p.add_argument("--model", help="model directory (ferry or Marian); default: the shipped en-de model")
+    p.add_argument("--model", help="model directory (ferry or Marian); default: the shipped model for -s/-t")
     p.add_argument("--server", metavar="HOST:PORT", help="translate through a ferry server instead of locally")
     p.add_argument(
         "-s",
         "--source-language",
         default="en",
-        help="source language (with --server); auto: detect each line's language and use the model for it",
+        help=(
+            "source language (picks the server's or the default local model); "
+            "auto: detect each line's language and use the model for it"
+        ),
     )
-    p.add_argument("-t", "--target-language", default="de", help="target language (with --server)")
+    p.add_argument(
+        "-t", "--target-language", default="de", help="target language (picks the server's or the default local model)"
+    )
     p.add_argument(
         "--beam-size", type=int, default=DecodeOptions.beam_size, help="beam width, 1 = greedy (default %(default)s)"
     )
@@ -84,7 +89,11 @@ def run(args: argparse.Namespace) -> int:
         router = AutoRouter(args.model, args.target_language, device=args.device, dtype=args.dtype)
         translate_batch = partial(router.translate, options=options)
     else:
-        translator = load_translator(args.model or default_model_dir(), device=args.device, dtype=args.dtype)
+        translator = load_translator(
+            args.model or default_model_dir(args.source_language, args.target_language),
+            device=args.device,
+            dtype=args.dtype,
+        )
         translate_batch = partial(translator.translate, options=options)
 
     if args.format == "html":  # the whole input is one document
