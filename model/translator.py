@@ -12,6 +12,7 @@ from .backend import BackendInfo
 from .cache import DecoderCache
 from .checkpoint import CheckpointInfo
 from .fastpath import prepare_for_inference
+from .graph_step import GraphedDecoder, decode_stepper
 from .loading import LoadedModel, load_model
 from .options import (
     DecodeOptions,
@@ -96,6 +97,7 @@ class Translator:
         self.model: Transformer = loaded.model.eval()
         self.tokenizer: Tokenizer = loaded.tokenizer
         self.info: CheckpointInfo = loaded.info
+        self._stepper: Transformer | GraphedDecoder | None = None  # built on first search
 
     @classmethod
     def from_parts(cls, model: Transformer, tokenizer: Tokenizer, info: CheckpointInfo | None = None) -> Translator:
@@ -148,6 +150,12 @@ class Translator:
 
     def decode_step(self, tokens: torch.Tensor, cache: DecoderCache) -> torch.Tensor:
         return self.model.decode_step(tokens, cache)  # (R, V)
+
+    def stepper(self) -> Transformer | GraphedDecoder:
+        """What the search calls ``decode_step`` on: CUDA-graph replay on a GPU, the model on CPU."""
+        if self._stepper is None:
+            self._stepper = decode_stepper(self.model)
+        return self._stepper
 
     def new_searcher(self, beam_size: int, *, length_penalty: float = 1.0, n_best: int = 1) -> Searcher:
         """An empty searcher for this model's special ids (greedy for beam 1)."""
@@ -246,7 +254,7 @@ class Translator:
         )
         cache = self.encode(rows, copies=searcher.rows_per_seq)
         limits = [self.output_limit(len(r), options.max_length) for r in rows]
-        found = run_search(self.model, cache, searcher, list(range(len(rows))), limits)
+        found = run_search(self.stepper(), cache, searcher, list(range(len(rows))), limits)
         return [found[i] for i in range(len(rows))]
 
 

@@ -115,3 +115,16 @@ def test_cli_translate_keeps_order(tiny_checkpoint: Path, tiny_pairs: list[tuple
     assert dst_file.read_text().splitlines() == expected
     bad = subprocess.run([*cmd, "--beam-size", "0"], input="x\n", capture_output=True, text=True, timeout=300)
     assert bad.returncode == 2 and "beam_size=0 is out of range" in bad.stderr
+
+
+def test_search_steps_the_model_on_cpu_and_graphs_on_cuda(translator: Translator) -> None:
+    """CPU searches call the model itself; a CUDA translator replays CUDA graphs (graph_step)."""
+    assert translator.stepper() is translator.model
+    if torch.cuda.is_available():
+        import copy
+
+        from ferry.model.graph_step import GraphedDecoder
+
+        model = copy.deepcopy(translator.model).to("cuda").half()
+        gpu = Translator.from_parts(model, translator.tokenizer)
+        assert isinstance(gpu.stepper(), GraphedDecoder)
