@@ -25,9 +25,11 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection
 
+from .config import RequestLimits
 from .metrics import Metrics
 from .registry import ModelRegistry
-from .servicer import RequestLimits, TranslationServicer
+from .service import TranslationService
+from .servicer import TranslationServicer
 from .wire import service_handler
 
 if TYPE_CHECKING:
@@ -154,7 +156,9 @@ class FerryServer:
         self.http_port = 0
         self.http: HttpServer | None = None
         self.metrics = Metrics(registry)
-        self.servicer = TranslationServicer(registry, self.config.limits, self.metrics)
+        self.service = TranslationService(registry, self.config.limits, self.metrics)
+        """The transport-neutral request path; the gRPC servicer and the HTTP API are thin layers over it."""
+        self.servicer = TranslationServicer(self.service)
         self.health = health_aio.HealthServicer()
         self._server: grpc.aio.Server | None = None
         self._shutdown: asyncio.Task[bool] | None = None
@@ -212,7 +216,7 @@ class FerryServer:
             self._server = None
         await asyncio.get_running_loop().run_in_executor(None, self.registry.stop)
         self.metrics.close()
-        self.servicer.close()
+        self.service.close()
 
     def _refused(self, method: str) -> None:
         self.metrics.observe(method, "UNAUTHENTICATED", 0.0)
@@ -227,15 +231,15 @@ class FerryServer:
 
     async def stop_admitting(self) -> None:
         """Health NOT_SERVING, new calls UNAVAILABLE; accepted calls go on (idempotent)."""
-        self.servicer.begin_drain()
+        self.service.begin_drain()
         await self.health.enter_graceful_shutdown()
 
     async def _drain(self, grace: float) -> bool:
         await self.stop_admitting()
-        log.info("draining: %d calls in flight, up to %.1fs", self.servicer.inflight, grace)
-        finished = await self.servicer.wait_idle(grace)
+        log.info("draining: %d calls in flight, up to %.1fs", self.service.inflight, grace)
+        finished = await self.service.wait_idle(grace)
         if not finished:
-            log.warning("drain timeout: %d calls still in flight are cancelled", self.servicer.inflight)
+            log.warning("drain timeout: %d calls still in flight are cancelled", self.service.inflight)
         if self._server is not None:
             if finished:
                 # Let load balancers see NOT_SERVING and move new calls elsewhere before the
@@ -246,7 +250,7 @@ class FerryServer:
             await self.http.stop()
         await asyncio.get_running_loop().run_in_executor(None, self.registry.stop)
         self.metrics.close()
-        self.servicer.close()
+        self.service.close()
         log.info("stopped")
         return finished
 

@@ -1,5 +1,5 @@
-"""``EngineConfig``: the limits of one engine. Pure Python (no torch), so ``ferry serve --help`` takes its
-defaults from here without loading a model."""
+"""``EngineConfig`` (the limits of one engine) and ``RequestLimits`` (the limits of one request). Pure
+Python (no torch), so ``ferry serve --help`` takes its defaults from here without loading a model."""
 
 from __future__ import annotations
 
@@ -44,3 +44,27 @@ class EngineConfig:
             raise ValueError(f"EngineConfig.newcomer_reserve={self.newcomer_reserve!r} is invalid; use 0 <= x < 1")
         if self.max_input_tokens is not None and (isinstance(self.max_input_tokens, bool) or self.max_input_tokens < 1):
             raise ValueError(f"EngineConfig.max_input_tokens={self.max_input_tokens!r} is invalid; use >= 1 or None")
+
+
+@dataclass(frozen=True)
+class RequestLimits:
+    """Per-request limits enforced before any model work (the model adds its token limit)."""
+
+    max_texts: int = 1024
+    """Most texts in one request."""
+    max_text_chars: int = 10_000
+    """Most characters in one text."""
+    max_message_bytes: int = 16 * 1024 * 1024
+    """Largest request message (gRPC) or body (HTTP) in bytes."""
+    stream_window: int = 16
+    """Batches of one TranslateStream read but not yet sent back (running or waiting to be sent);
+    the server reads no further messages until the client has taken a response (gRPC flow
+    control then slows the sender)."""
+    stream_unsent_bytes: int = 4 * 1024 * 1024
+    """The server reads no further messages from a TranslateStream while this many bytes of its
+    responses wait to be sent (a client that does not read)."""
+
+    def __post_init__(self) -> None:
+        for name in ("max_texts", "max_text_chars", "max_message_bytes", "stream_window", "stream_unsent_bytes"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name}={getattr(self, name)} is out of range; allowed: >= 1")

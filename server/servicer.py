@@ -1,61 +1,33 @@
-"""The gRPC ``TranslationService``: converts messages, validates, routes, maps errors to status codes.
+"""The gRPC ``TranslationService``: maps protos onto ``TranslationRequest`` and back, and failures to status codes.
 
-It never touches tensors and never blocks the event loop on the model: work goes to a model's
-``Engine`` (``submit`` returns at once; large batches are tokenized on a helper thread) and results
-come back through the engine's futures. A client that cancels, or whose deadline passes, has its
+Everything else (limits, routing, ``"auto"`` detection, option validation, engine submission and
+cancellation, in-flight and drain accounting, metrics) is the transport-neutral ``TranslationService``
+(service.py), which the HTTP API uses too. A client that cancels, or whose deadline passes, has its
 request cancelled in the engine, so its sentences leave the batch.
 """
 
 from __future__ import annotations
 
 import asyncio
-import logging
-import time
-from collections.abc import AsyncIterator, Iterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import contextmanager
-from dataclasses import dataclass
-from functools import partial
+import dataclasses
+from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
-from ferry.model.translator import TranslationResult
+from ferry.model.options import DecodeOptions, TranslationError, TranslationRequest
 from ferry.proto.v1 import translation_pb2 as pb
 from ferry.proto.v1 import translation_pb2_grpc as pb_grpc
 
-from . import text_routing
-from .errors import RpcFailure, invalid, to_failure, unavailable
+from ferry.text import TextOptions
+
+from .config import RequestLimits
+from .errors import RpcFailure, to_failure, unavailable
 from .metrics import Metrics
-from .registry import ModelRegistry, ServedModel
-from .requests import DecodeOptions, QueueFullError, RequestHandle
+from .registry import ModelRegistry
+from .service import DRAINING, Translated, TranslationService, deadline_after
 from .stream_flow import DRAIN, END, StreamFlow
 
-log = logging.getLogger("ferry.server")
-
-INLINE_SUBMIT_TEXTS = 16
-"""Requests with more texts are tokenized on a helper thread instead of the event loop."""
-DRAINING = "the server is shutting down and accepts no new requests; retry (another replica)"
-
-
-@dataclass(frozen=True)
-class RequestLimits:
-    """Per-request limits enforced before any model work (the model adds its token limit)."""
-
-    max_texts: int = 1024
-    max_text_chars: int = 10_000
-    max_message_bytes: int = 16 * 1024 * 1024
-    stream_window: int = 16
-    """Batches of one TranslateStream read but not yet sent back (running or waiting to be sent);
-    the server reads no further messages until the client has taken a response (gRPC flow
-    control then slows the sender)."""
-    stream_unsent_bytes: int = 4 * 1024 * 1024
-    """The server reads no further messages from a TranslateStream while this many bytes of its
-    responses wait to be sent (a client that does not read)."""
-
-    def __post_init__(self) -> None:
-        for name in ("max_texts", "max_text_chars", "max_message_bytes", "stream_window", "stream_unsent_bytes"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name}={getattr(self, name)} is out of range; allowed: >= 1")
+__all__ = ["RequestLimits", "TranslationServicer", "decode_options", "to_proto", "translation_request"]
 
 
 def decode_options(msg: pb.DecodingOptions) -> DecodeOptions:
@@ -71,88 +43,64 @@ def decode_options(msg: pb.DecodingOptions) -> DecodeOptions:
     )
 
 
-def to_proto(model: ServedModel, results: list[TranslationResult], options: DecodeOptions) -> pb.TranslateResponse:
-    response = pb.TranslateResponse(model_id=model.model_id, model_version=model.version)
-    for r in results:
+def translation_request(message: pb.TranslateRequest, deadline: float | None) -> TranslationRequest:
+    """The shared request for a ``TranslateRequest`` message (``format`` and ``no_sentence_split``
+    become the text options)."""
+    html = message.format == pb.TEXT_FORMAT_HTML
+    text = TextOptions(split_sentences=not message.no_sentence_split, format="html" if html else "text")
+    return TranslationRequest(
+        texts=tuple(message.texts),
+        options=dataclasses.replace(decode_options(message.options), text=text),
+        source_language=message.source_language,
+        target_language=message.target_language,
+        model_id=message.model_id,
+        deadline=deadline,
+        request_id=message.request_id,
+    )
+
+
+def to_proto(translated: Translated, options: DecodeOptions) -> pb.TranslateResponse:
+    response = pb.TranslateResponse(model_id=translated.model_id, model_version=translated.model_version)
+    for i, r in enumerate(translated.results):
         t = response.translations.add(text=r.text, input_tokens=r.input_tokens, output_tokens=r.output_tokens)
         if options.return_scores and r.score is not None:
             t.score = r.score
         if options.num_hypotheses > 1:
             scores = r.scores if options.return_scores else []
-            for i, text in enumerate(r.hypotheses):
-                t.hypotheses.add(text=text, score=scores[i] if i < len(scores) else 0.0)
+            for j, text in enumerate(r.hypotheses):
+                t.hypotheses.add(text=text, score=scores[j] if j < len(scores) else 0.0)
+        if translated.detected is not None:
+            t.detected_language, t.detection_confidence = translated.detected[i]
     return response
 
 
 class TranslationServicer(pb_grpc.TranslationServiceServicer):
-    def __init__(self, registry: ModelRegistry, limits: RequestLimits | None = None, metrics: Metrics | None = None):
-        self.registry = registry
-        self.limits = limits or RequestLimits()
-        self.metrics = metrics
-        self.draining = False
-        self._drain_event = asyncio.Event()
-        self._inflight = 0
-        self._idle = asyncio.Event()
-        self._idle.set()
-        self._pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="ferry-submit")
+    """The gRPC transport over a ``TranslationService``."""
 
-    # ------------------------------------------------------------------ lifecycle
-    def begin_drain(self) -> None:
-        """From now on new calls get UNAVAILABLE; open streams finish what they accepted, then end."""
-        self.draining = True
-        self._drain_event.set()
+    def __init__(self, service: TranslationService) -> None:
+        self.service = service
 
-    async def wait_idle(self, timeout: float) -> bool:
-        """Wait until no call is in flight; False if ``timeout`` seconds passed first."""
-        if self._idle.is_set():
-            return True
-        try:
-            await asyncio.wait_for(self._idle.wait(), timeout)
-        except TimeoutError:
-            return False
-        return True
+    @property
+    def registry(self) -> ModelRegistry:
+        return self.service.registry
+
+    @property
+    def limits(self) -> RequestLimits:
+        return self.service.limits
+
+    @property
+    def metrics(self) -> Metrics | None:
+        return self.service.metrics
 
     @property
     def inflight(self) -> int:
-        return self._inflight
-
-    def close(self) -> None:
-        self._pool.shutdown(wait=False, cancel_futures=True)
-
-    @contextmanager
-    def _call(self, method: str, context: grpc.aio.ServicerContext | None = None) -> Iterator[list[str]]:
-        """Count the call in flight (refusing it while draining) and record its status and latency.
-        The body sets ``code[0]`` to the status name when it fails; a call cut off by gRPC counts
-        as DEADLINE_EXCEEDED when its deadline has passed, else as CANCELLED."""
-        if self.draining:
-            if self.metrics:
-                self.metrics.observe(method, "UNAVAILABLE", 0.0)
-            raise unavailable(DRAINING)
-        self._inflight += 1
-        self._idle.clear()
-        start = time.perf_counter()
-        code = ["OK"]
-        try:
-            yield code
-        except (asyncio.CancelledError, GeneratorExit):  # client cancelled or its deadline passed
-            code[0] = "DEADLINE_EXCEEDED" if context is not None and _expired(context) else "CANCELLED"
-            raise
-        finally:
-            if code[0] == "OK" and context is not None and context.time_remaining() == 0:
-                # Finished after its deadline (e.g. a stream whose input ended because the deadline
-                # cut the call off): the client got DEADLINE_EXCEEDED, so count that.
-                code[0] = "DEADLINE_EXCEEDED"
-            self._inflight -= 1
-            if self._inflight == 0:
-                self._idle.set()
-            if self.metrics:
-                self.metrics.observe(method, code[0], time.perf_counter() - start)
+        return self.service.inflight
 
     # ------------------------------------------------------------------ RPCs
     async def Translate(self, request: pb.TranslateRequest, context: grpc.aio.ServicerContext) -> pb.TranslateResponse:
         failure: RpcFailure | None = None
         try:
-            with self._call("Translate", context) as code:
+            with self.service.call("Translate", context.time_remaining) as code:
                 try:
                     response = await self._translate(request, context, wait_for_queue=False)
                     response.request_id = request.request_id
@@ -160,8 +108,8 @@ class TranslationServicer(pb_grpc.TranslationServiceServicer):
                 except Exception as exc:
                     failure = to_failure(exc)
                     code[0] = failure.code.name
-        except RpcFailure as exc:  # refused: draining
-            failure = exc
+        except TranslationError as exc:  # refused: draining
+            failure = to_failure(exc)
         assert failure is not None
         await context.abort(failure.code, failure.message)
         raise AssertionError("unreachable: abort raises")
@@ -171,7 +119,7 @@ class TranslationServicer(pb_grpc.TranslationServiceServicer):
     ) -> AsyncIterator[pb.TranslateStreamResponse]:
         failure: RpcFailure | None = None
         try:
-            with self._call("TranslateStream", context) as code:
+            with self.service.call("TranslateStream", context.time_remaining) as code:
                 try:
                     async for item in self._stream(request_iterator, context):
                         if item is None:
@@ -180,8 +128,8 @@ class TranslationServicer(pb_grpc.TranslationServiceServicer):
                 except Exception as exc:
                     failure = to_failure(exc)
                     code[0] = failure.code.name
-        except RpcFailure as exc:  # refused: draining
-            failure = exc
+        except TranslationError as exc:  # refused: draining
+            failure = to_failure(exc)
         if failure is not None:
             await context.abort(failure.code, failure.message)
 
@@ -213,104 +161,30 @@ class TranslationServicer(pb_grpc.TranslationServiceServicer):
     async def Detect(self, request: pb.DetectRequest, context: grpc.aio.ServicerContext) -> pb.DetectResponse:
         failure: RpcFailure | None = None
         try:
-            with self._call("Detect", context) as code:
+            with self.service.call("Detect", context.time_remaining) as code:
                 try:
-                    self._check_texts(request.texts)
-                    return await text_routing.detect_response(self._pool, list(request.texts))
+                    response = pb.DetectResponse()
+                    for candidates in await self.service.detect(list(request.texts)):
+                        detection = response.detections.add()
+                        for language, confidence in candidates:
+                            detection.languages.add(language=language, confidence=confidence)
+                    return response
                 except Exception as exc:
                     failure = to_failure(exc)
                     code[0] = failure.code.name
-        except RpcFailure as exc:  # refused: draining
-            failure = exc
+        except TranslationError as exc:  # refused: draining
+            failure = to_failure(exc)
         assert failure is not None
         await context.abort(failure.code, failure.message)
         raise AssertionError("unreachable: abort raises")
 
     # ------------------------------------------------------------------ one batch
-    def _validate(self, request: pb.TranslateRequest, source: str | None = None) -> tuple[ServedModel, DecodeOptions]:
-        """Limits, model and options; ``source`` overrides ``request.source_language`` (detected)."""
-        self._check_texts(request.texts)
-        src = request.source_language if source is None else source
-        model = self.registry.resolve(src, request.target_language, request.model_id)
-        options = text_routing.with_text_options(decode_options(request.options), request, model.source_language)
-        try:
-            options.validate(model.max_length)
-        except ValueError as exc:
-            raise invalid(f"options.{exc}") from None
-        return model, options
-
-    def _check_texts(self, texts: Sequence[str]) -> None:
-        lim = self.limits
-        if not texts:
-            raise invalid(f"texts is empty; send 1 to {lim.max_texts} texts per request")
-        if len(texts) > lim.max_texts:
-            raise invalid(
-                f"texts has {len(texts)} entries; the limit is {lim.max_texts} per request; "
-                "split the batch or use TranslateStream"
-            )
-        for i, text in enumerate(texts):
-            if len(text) > lim.max_text_chars:
-                raise invalid(
-                    f"texts[{i}] has {len(text)} characters; the limit is {lim.max_text_chars} per text; "
-                    "split it into sentences"
-                )
-
     async def _translate(
-        self, request: pb.TranslateRequest, context: grpc.aio.ServicerContext, *, wait_for_queue: bool
+        self, message: pb.TranslateRequest, context: grpc.aio.ServicerContext, *, wait_for_queue: bool
     ) -> pb.TranslateResponse:
-        if text_routing.is_auto(request):
-            return await text_routing.translate_auto(self, request, context, wait_for_queue=wait_for_queue)
-        model, options = self._validate(request)
-        remaining = context.time_remaining()
-        deadline = None if remaining is None else time.monotonic() + remaining
-        texts = list(request.texts)
-        handle = await self._submit(model, texts, options, deadline, wait_for_queue=wait_for_queue)
-        try:
-            results = await asyncio.wrap_future(handle.future)
-        except asyncio.CancelledError:
-            handle.cancel()  # client went away or its deadline passed: free the batch rows
-            raise
-        if self.metrics:
-            self.metrics.texts.labels(model.model_id).inc(len(texts))
-        return to_proto(model, results, options)
-
-    async def _submit(
-        self,
-        model: ServedModel,
-        texts: list[str],
-        options: DecodeOptions,
-        deadline: float | None,
-        *,
-        wait_for_queue: bool,
-    ) -> RequestHandle:
-        """``Engine.submit`` without blocking the loop. Unary calls fail fast on a full queue;
-        stream batches wait for room (with backoff) until their deadline or a drain."""
-        delay = 0.005
-        while True:
-            try:
-                return await self._submit_once(model, texts, options, deadline)
-            except QueueFullError:
-                if wait_for_queue and self.draining:  # never admitted: the client resends it elsewhere
-                    raise unavailable(DRAINING) from None
-                if not wait_for_queue:
-                    raise
-                if deadline is not None and time.monotonic() + delay >= deadline:
-                    raise
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 0.2)
-
-    async def _submit_once(
-        self, model: ServedModel, texts: list[str], options: DecodeOptions, deadline: float | None
-    ) -> RequestHandle:
-        submit = partial(model.engine.submit, texts, options, deadline=deadline)
-        if len(texts) <= INLINE_SUBMIT_TEXTS:
-            return submit()
-        future = asyncio.get_running_loop().run_in_executor(self._pool, submit)
-        try:
-            return await asyncio.shield(future)
-        except asyncio.CancelledError:
-            future.add_done_callback(_cancel_handle)
-            raise
+        request = translation_request(message, deadline_after(context.time_remaining()))
+        translated = await self.service.translate(request, wait_for_queue=wait_for_queue)
+        return to_proto(translated, request.options)
 
     # ------------------------------------------------------------------ streams
     async def _stream(
@@ -392,11 +266,11 @@ class TranslationServicer(pb_grpc.TranslationServiceServicer):
         """The stream's next message, ``END`` at its end or ``DRAIN`` once the server drains.
         Whatever happens to the caller, the read it started is finished or cancelled and its
         outcome retrieved (a cancelled call logs nothing)."""
-        if self.draining:
+        if self.service.draining:
             return DRAIN
         read = asyncio.ensure_future(anext(messages))
         read.add_done_callback(_retrieve)
-        drain = asyncio.ensure_future(self._drain_event.wait())
+        drain = asyncio.ensure_future(self.service.wait_for_drain())
         try:
             await asyncio.wait({read, drain}, return_when=asyncio.FIRST_COMPLETED)
         except BaseException:  # the call was cancelled while waiting
@@ -413,24 +287,7 @@ class TranslationServicer(pb_grpc.TranslationServiceServicer):
             return END
 
 
-DEADLINE_SLACK_S = 0.25
-"""A call cut off this close to its deadline counts as DEADLINE_EXCEEDED: the client's deadline
-passes first (and it resets the stream) while the server's copy, counted from when the call
-arrived, still has the transit time left."""
-
-
-def _expired(context: grpc.aio.ServicerContext) -> bool:
-    """Whether the call's deadline has passed (within ``DEADLINE_SLACK_S``)."""
-    remaining = context.time_remaining()
-    return remaining is not None and remaining <= DEADLINE_SLACK_S
-
-
 def _retrieve(task: asyncio.Future[Any]) -> None:
     """Mark a finished read's exception as retrieved, so asyncio logs nothing about it."""
     if not task.cancelled():
         task.exception()
-
-
-def _cancel_handle(future: Future[RequestHandle] | asyncio.Future[RequestHandle]) -> None:
-    if not future.cancelled() and future.exception() is None:
-        future.result().cancel()
