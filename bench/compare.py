@@ -314,6 +314,10 @@ def _child(
     engine: Engine, paths: Paths, texts: list[str], beam: int, batch: int, device: str, threads: int
 ) -> dict[str, Any]:
     """Runs in a fresh process: build the engine, warm up, time the whole corpus."""
+    if engine.kind != "ctranslate2":  # ferry's own setting for the processes it starts (ferry/threads.py)
+        from ferry.threads import configure_openmp
+
+        configure_openmp()
     import torch
 
     if threads:

@@ -10,6 +10,7 @@ import sys
 from collections.abc import Sequence
 
 from ferry import __version__
+from ferry.threads import configure_openmp
 
 COMMANDS = {
     "translate": "Translate lines with a local model (--model) or a ferry server (--server)",
@@ -35,6 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    configure_openmp()  # before any command imports torch
     args = build_parser().parse_args(argv)
     level = [logging.WARNING, logging.INFO, logging.DEBUG][min(args.verbose, 2)]
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s %(message)s", stream=sys.stderr)
