@@ -10,12 +10,10 @@ gRPC server and the engines stop.
 from __future__ import annotations
 
 import asyncio
-import hmac
 import logging
 import signal
 import threading
 from collections.abc import Awaitable, Callable, Coroutine
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -25,7 +23,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection
 
-from .config import RequestLimits
+from .auth import bearer_token, token_matches
+from .config import ServerConfig
 from .metrics import Metrics
 from .registry import ModelRegistry
 from .service import TranslationService
@@ -42,34 +41,6 @@ SERVICE_NAME = pb.DESCRIPTOR.services_by_name["TranslationService"].full_name
 HEALTH_SERVICE_NAME = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
 UNAUTHENTICATED_METHODS = (f"/{HEALTH_SERVICE_NAME}/",)
 """Health probes (kubelet, load balancers) carry no token."""
-
-
-@dataclass
-class ServerConfig:
-    host: str = "127.0.0.1"
-    """Address the gRPC port listens on; loopback unless told otherwise (containers: 0.0.0.0)."""
-    port: int = 50051
-    """0 picks a free port (``FerryServer.start`` returns it)."""
-    metrics_port: int = 0
-    """HTTP port for Prometheus ``/metrics``; 0 = off."""
-    http_port: int | None = None
-    """Port of the LibreTranslate-compatible HTTP API and web page (``ferry.server.web``) on ``host``,
-    over the same engines, limits and auth; None = off, 0 = any free port (``FerryServer.http_port``)."""
-    metrics_host: str = "127.0.0.1"
-    """Address ``/metrics`` listens on; it has no auth, so loopback unless told otherwise."""
-    limits: RequestLimits = field(default_factory=RequestLimits)
-    drain_timeout: float = 20.0
-    """Seconds accepted calls get to finish after SIGTERM."""
-    tls_cert: str | Path | None = None
-    tls_key: str | Path | None = None
-    auth_token: str | None = None
-    """Clients must send ``authorization: Bearer <token>`` metadata (health checks excepted)."""
-
-    def __post_init__(self) -> None:
-        if (self.tls_cert is None) != (self.tls_key is None):
-            raise ValueError("TLS needs both --tls-cert and --tls-key (PEM files); give both or neither")
-        if self.drain_timeout < 0:
-            raise ValueError(f"drain_timeout={self.drain_timeout} is out of range; allowed: >= 0 seconds")
 
 
 def read_token_file(path: str | Path) -> str:
@@ -92,14 +63,12 @@ class BearerAuthInterceptor(grpc.aio.ServerInterceptor):
     def __init__(self, token: str, on_refused: Callable[[str], None] | None = None) -> None:
         if not token:
             raise ValueError("the auth token is empty; pass a non-empty token or none")
-        self._expected = token.encode()
+        self._expected = token
         self._on_refused = on_refused
 
     def _accepts(self, sent: str | bytes | None) -> bool:
-        if not isinstance(sent, str):
-            return False
-        scheme, _, credentials = sent.strip().partition(" ")
-        return scheme.lower() == "bearer" and hmac.compare_digest(credentials.strip().encode(), self._expected)
+        token = bearer_token(sent)
+        return token is not None and token_matches(token, self._expected)
 
     async def intercept_service(
         self,

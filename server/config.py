@@ -1,9 +1,11 @@
-"""``EngineConfig`` (the limits of one engine) and ``RequestLimits`` (the limits of one request). Pure
-Python (no torch), so ``ferry serve --help`` takes its defaults from here without loading a model."""
+"""``EngineConfig`` (the limits of one engine), ``RequestLimits`` (the limits of one request) and
+``ServerConfig`` (the server process). Pure Python (no torch, no grpc), so ``ferry serve --help`` takes its
+defaults from here without loading a model."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 
 
 @dataclass(frozen=True)
@@ -68,3 +70,31 @@ class RequestLimits:
         for name in ("max_texts", "max_text_chars", "max_message_bytes", "stream_window", "stream_unsent_bytes"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}={getattr(self, name)} is out of range; allowed: >= 1")
+
+
+@dataclass
+class ServerConfig:
+    host: str = "127.0.0.1"
+    """Address the gRPC port listens on; loopback unless told otherwise (containers: 0.0.0.0)."""
+    port: int = 50051
+    """0 picks a free port (``FerryServer.start`` returns it)."""
+    metrics_port: int = 0
+    """HTTP port for Prometheus ``/metrics``; 0 = off."""
+    http_port: int | None = None
+    """Port of the LibreTranslate-compatible HTTP API and web page (``ferry.server.web``) on ``host``,
+    over the same engines, limits and auth; None = off, 0 = any free port (``FerryServer.http_port``)."""
+    metrics_host: str = "127.0.0.1"
+    """Address ``/metrics`` listens on; it has no auth, so loopback unless told otherwise."""
+    limits: RequestLimits = field(default_factory=RequestLimits)
+    drain_timeout: float = 20.0
+    """Seconds accepted calls get to finish after SIGTERM."""
+    tls_cert: str | Path | None = None
+    tls_key: str | Path | None = None
+    auth_token: str | None = None
+    """Clients must send ``authorization: Bearer <token>`` metadata (health checks excepted)."""
+
+    def __post_init__(self) -> None:
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("TLS needs both --tls-cert and --tls-key (PEM files); give both or neither")
+        if self.drain_timeout < 0:
+            raise ValueError(f"drain_timeout={self.drain_timeout} is out of range; allowed: >= 0 seconds")

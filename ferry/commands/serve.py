@@ -14,12 +14,12 @@ LOG_LEVELS = ("debug", "info", "warning", "error")
 _RECORD_FIELDS = set(logging.makeLogRecord({}).__dict__) | {"message", "asctime"}
 
 
-def _env(name: str, default: str | int | None) -> str | int | None:
+def _env(name: str, default: str | float | None) -> str | float | None:
     return os.environ.get(name, default)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from ferry.server.config import EngineConfig  # light: no torch at import time
+    from ferry.server.config import EngineConfig, RequestLimits, ServerConfig  # light: no torch, no grpc
 
     p.add_argument(
         "--model",
@@ -30,10 +30,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--host",
-        default=_env("FERRY_HOST", "127.0.0.1"),
+        default=_env("FERRY_HOST", ServerConfig.host),
         help="address the gRPC port listens on (FERRY_HOST); 0.0.0.0 for every interface (containers)",
     )
-    p.add_argument("--port", type=int, default=_env("FERRY_PORT", "50051"), help="gRPC port, 0 = any free (FERRY_PORT)")
+    p.add_argument(
+        "--port",
+        type=int,
+        default=_env("FERRY_PORT", ServerConfig.port),
+        help="gRPC port, 0 = any free (FERRY_PORT; default %(default)s)",
+    )
     p.add_argument(
         "--metrics-port",
         type=int,
@@ -42,7 +47,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--metrics-host",
-        default=_env("FERRY_METRICS_HOST", "127.0.0.1"),
+        default=_env("FERRY_METRICS_HOST", ServerConfig.metrics_host),
         help="address /metrics listens on; it has no auth (FERRY_METRICS_HOST); 0.0.0.0 for Prometheus scrapes",
     )
     p.add_argument(
@@ -82,25 +87,28 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="most source tokens per text (FERRY_MAX_INPUT_TOKENS); default: the model's limit",
     )
     p.add_argument(
-        "--max-texts", type=int, default=_env("FERRY_MAX_TEXTS", "1024"), help="texts per request (FERRY_MAX_TEXTS)"
+        "--max-texts",
+        type=int,
+        default=_env("FERRY_MAX_TEXTS", RequestLimits.max_texts),
+        help="texts per request (FERRY_MAX_TEXTS; default %(default)s)",
     )
     p.add_argument(
         "--max-text-chars",
         type=int,
-        default=_env("FERRY_MAX_TEXT_CHARS", "10000"),
-        help="characters per text (FERRY_MAX_TEXT_CHARS)",
+        default=_env("FERRY_MAX_TEXT_CHARS", RequestLimits.max_text_chars),
+        help="characters per text (FERRY_MAX_TEXT_CHARS; default %(default)s)",
     )
     p.add_argument(
         "--max-message-bytes",
         type=int,
-        default=_env("FERRY_MAX_MESSAGE_BYTES", str(16 * 1024 * 1024)),
-        help="largest request message; larger gets RESOURCE_EXHAUSTED (FERRY_MAX_MESSAGE_BYTES)",
+        default=_env("FERRY_MAX_MESSAGE_BYTES", RequestLimits.max_message_bytes),
+        help="largest request message; larger gets RESOURCE_EXHAUSTED (FERRY_MAX_MESSAGE_BYTES; default %(default)s)",
     )
     p.add_argument(
         "--drain-timeout",
         type=float,
-        default=_env("FERRY_DRAIN_TIMEOUT", "20"),
-        help="seconds accepted requests get to finish on SIGTERM (FERRY_DRAIN_TIMEOUT)",
+        default=_env("FERRY_DRAIN_TIMEOUT", ServerConfig.drain_timeout),
+        help="seconds accepted requests get to finish on SIGTERM (FERRY_DRAIN_TIMEOUT; default %(default)s)",
     )
     p.add_argument("--tls-cert", default=_env("FERRY_TLS_CERT", None), help="PEM certificate chain (FERRY_TLS_CERT)")
     p.add_argument("--tls-key", default=_env("FERRY_TLS_KEY", None), help="PEM private key (FERRY_TLS_KEY)")
@@ -163,17 +171,19 @@ def model_dirs(args: argparse.Namespace) -> list[Path]:
         return [Path(m.strip()) for m in env.split(",") if m.strip()]
     defaults = [d for d in default_model_dirs() if d.is_dir()]
     if not defaults:
-        raise FileNotFoundError("no --model given and no default model exists (models/*/ or $FERRY_DEFAULT_MODEL)")
+        raise FileNotFoundError(
+            "no --model given and no default model exists (models/*/ or $FERRY_DEFAULT_MODEL); pass --model DIR"
+        )
     return defaults
 
 
 def run(args: argparse.Namespace) -> int:
     import asyncio
 
-    from ferry.server.app import FerryServer, ServerConfig, read_token_file, serve
+    from ferry.server.app import FerryServer, read_token_file, serve
+    from ferry.server.config import RequestLimits, ServerConfig
     from ferry.server.engine import EngineConfig
     from ferry.server.registry import ModelRegistry
-    from ferry.server.servicer import RequestLimits
 
     configure_logging(args.log_level, args.log_json)
     if args.auth_token and args.auth_token_file:

@@ -4,7 +4,6 @@ API key check. Only the wire is checked here (a field's presence and type); what
 
 from __future__ import annotations
 
-import hmac
 import json
 import logging
 from dataclasses import dataclass
@@ -17,6 +16,7 @@ from starlette.requests import Request
 
 from ferry.text import FORMATS, TextFormat
 
+from ..auth import bearer_token, token_matches
 from ..text_routing import AUTO
 
 # The multipart parser logs a WARNING for each malformed body before raising; the client gets a 400
@@ -193,15 +193,13 @@ def check_key(request: Request, fields: dict[str, Any], token: str | None) -> No
     key = fields.get("api_key")
     if isinstance(key, str) and key:
         sent.append(key)
-    header = request.headers.get("authorization", "")
-    scheme, _, credentials = header.strip().partition(" ")
-    if scheme.lower() == "bearer" and credentials.strip():
-        sent.append(credentials.strip())
+    bearer = bearer_token(request.headers.get("authorization"))
+    if bearer is not None:
+        sent.append(bearer)
     if not sent:
         raise AuthError(
             "this server requires an API key: send it as the api_key field or as the header "
             "'Authorization: Bearer <key>'"
         )
-    expected = token.encode()
-    if not any(hmac.compare_digest(s.encode(), expected) for s in sent):
+    if not any(token_matches(s, token) for s in sent):
         raise AuthError("invalid API key; check the api_key field or the 'Authorization: Bearer' header")
