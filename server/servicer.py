@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-from collections.abc import AsyncIterator
-from typing import Any
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, TypeVar
 
 import grpc
 from ferry.model.options import DecodeOptions, TranslationError, TranslationRequest
@@ -26,6 +26,8 @@ from .metrics import Metrics
 from .registry import ModelRegistry
 from .service import DRAINING, Translated, TranslationService, deadline_after
 from .stream_flow import DRAIN, END, StreamFlow
+
+R = TypeVar("R")
 
 __all__ = ["RequestLimits", "TranslationServicer", "decode_options", "to_proto", "translation_request"]
 
@@ -97,14 +99,14 @@ class TranslationServicer(pb_grpc.TranslationServiceServicer):
         return self.service.inflight
 
     # ------------------------------------------------------------------ RPCs
-    async def Translate(self, request: pb.TranslateRequest, context: grpc.aio.ServicerContext) -> pb.TranslateResponse:
+    async def _unary(self, method: str, context: grpc.aio.ServicerContext, work: Callable[[], Awaitable[R]]) -> R:
+        """Run one unary call's ``work`` as a counted call (metrics, drain refusal) and turn any
+        failure into the call's gRPC status."""
         failure: RpcFailure | None = None
         try:
-            with self.service.call("Translate", context.time_remaining) as code:
+            with self.service.call(method, context.time_remaining) as code:
                 try:
-                    response = await self._translate(request, context, wait_for_queue=False)
-                    response.request_id = request.request_id
-                    return response
+                    return await work()
                 except Exception as exc:
                     failure = to_failure(exc)
                     code[0] = failure.code.name
@@ -113,6 +115,14 @@ class TranslationServicer(pb_grpc.TranslationServiceServicer):
         assert failure is not None
         await context.abort(failure.code, failure.message)
         raise AssertionError("unreachable: abort raises")
+
+    async def Translate(self, request: pb.TranslateRequest, context: grpc.aio.ServicerContext) -> pb.TranslateResponse:
+        async def work() -> pb.TranslateResponse:
+            response = await self._translate(request, context, wait_for_queue=False)
+            response.request_id = request.request_id
+            return response
+
+        return await self._unary("Translate", context, work)
 
     async def TranslateStream(
         self, request_iterator: AsyncIterator[pb.TranslateRequest], context: grpc.aio.ServicerContext
@@ -159,24 +169,15 @@ class TranslationServicer(pb_grpc.TranslationServiceServicer):
         return response
 
     async def Detect(self, request: pb.DetectRequest, context: grpc.aio.ServicerContext) -> pb.DetectResponse:
-        failure: RpcFailure | None = None
-        try:
-            with self.service.call("Detect", context.time_remaining) as code:
-                try:
-                    response = pb.DetectResponse()
-                    for candidates in await self.service.detect(list(request.texts)):
-                        detection = response.detections.add()
-                        for language, confidence in candidates:
-                            detection.languages.add(language=language, confidence=confidence)
-                    return response
-                except Exception as exc:
-                    failure = to_failure(exc)
-                    code[0] = failure.code.name
-        except TranslationError as exc:  # refused: draining
-            failure = to_failure(exc)
-        assert failure is not None
-        await context.abort(failure.code, failure.message)
-        raise AssertionError("unreachable: abort raises")
+        async def work() -> pb.DetectResponse:
+            response = pb.DetectResponse()
+            for candidates in await self.service.detect(list(request.texts)):
+                detection = response.detections.add()
+                for language, confidence in candidates:
+                    detection.languages.add(language=language, confidence=confidence)
+            return response
+
+        return await self._unary("Detect", context, work)
 
     # ------------------------------------------------------------------ one batch
     async def _translate(

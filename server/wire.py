@@ -12,8 +12,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Callable
-from typing import TypeVar
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
+from typing import Any, TypeVar
 
 import grpc
 from ferry.proto.v1 import translation_pb2 as pb
@@ -87,29 +87,18 @@ def service_handler(servicer: TranslationServicer) -> grpc.GenericRpcHandler:
             servicer.metrics.observe(method, failure.code.name, 0.0)
         await context.abort(failure.code, failure.message)
 
-    async def translate(raw: bytes, context: grpc.aio.ServicerContext) -> pb.TranslateResponse:
-        try:
-            request = parse("Translate", pb.TranslateRequest, raw)
-        except RpcFailure as failure:
-            await refuse("Translate", failure, context)
-            raise
-        return await servicer.Translate(request, context)
+    def unary(method: str, message_type: type[M], handle: Callable[[M, Any], Awaitable[Any]]) -> grpc.RpcMethodHandler:
+        """A unary method whose body is parsed (after auth, by the interceptor) into ``message_type``."""
 
-    async def list_models(raw: bytes, context: grpc.aio.ServicerContext) -> pb.ListModelsResponse:
-        try:
-            request = parse("ListModels", pb.ListModelsRequest, raw)
-        except RpcFailure as failure:
-            await refuse("ListModels", failure, context)
-            raise
-        return await servicer.ListModels(request, context)
+        async def call(raw: bytes, context: grpc.aio.ServicerContext) -> Any:
+            try:
+                request = parse(method, message_type, raw)
+            except RpcFailure as failure:
+                await refuse(method, failure, context)
+                raise
+            return await handle(request, context)
 
-    async def detect(raw: bytes, context: grpc.aio.ServicerContext) -> pb.DetectResponse:
-        try:
-            request = parse("Detect", pb.DetectRequest, raw)
-        except RpcFailure as failure:
-            await refuse("Detect", failure, context)
-            raise
-        return await servicer.Detect(request, context)
+        return grpc.unary_unary_rpc_method_handler(call, response_serializer=lambda m: m.SerializeToString())
 
     async def translate_stream(raw_messages: AsyncIterator[bytes], context: grpc.aio.ServicerContext) -> None:
         async def messages() -> AsyncIterator[pb.TranslateRequest]:
@@ -136,17 +125,11 @@ def service_handler(servicer: TranslationServicer) -> grpc.GenericRpcHandler:
     return grpc.method_handlers_generic_handler(
         SERVICE_NAME,
         {
-            "Translate": grpc.unary_unary_rpc_method_handler(
-                translate, response_serializer=pb.TranslateResponse.SerializeToString
-            ),
+            "Translate": unary("Translate", pb.TranslateRequest, servicer.Translate),
             "TranslateStream": grpc.stream_stream_rpc_method_handler(
                 translate_stream, response_serializer=pb.TranslateStreamResponse.SerializeToString
             ),
-            "ListModels": grpc.unary_unary_rpc_method_handler(
-                list_models, response_serializer=pb.ListModelsResponse.SerializeToString
-            ),
-            "Detect": grpc.unary_unary_rpc_method_handler(
-                detect, response_serializer=pb.DetectResponse.SerializeToString
-            ),
+            "ListModels": unary("ListModels", pb.ListModelsRequest, servicer.ListModels),
+            "Detect": unary("Detect", pb.DetectRequest, servicer.Detect),
         },
     )
