@@ -238,11 +238,22 @@ def test_chunked_body_over_the_limit_is_400(base: str) -> None:
 
 
 def read_all(sock: socket.socket) -> str:
-    """Everything the server sends until it closes the connection."""
+    """One whole HTTP response: headers, then Content-Length bytes of body (or until the server
+    closes). Not "until close": whether the server keeps the connection alive depends on whether it
+    had read the whole request body when it answered, a race that made this test flaky."""
     data = b""
-    while chunk := sock.recv(65536):
+    while True:
+        head, sep, body = data.partition(b"\r\n\r\n")
+        if sep:
+            lengths = [
+                line.split(b":", 1)[1] for line in head.split(b"\r\n") if line.lower().startswith(b"content-length:")
+            ]
+            if lengths and len(body) >= int(lengths[0]):
+                return data.decode()
+        chunk = sock.recv(65536)
+        if not chunk:
+            return data.decode()
         data += chunk
-    return data.decode()
 
 
 def test_a_client_leaving_in_the_middle_of_its_body_logs_no_error(
