@@ -499,7 +499,12 @@ def markdown(results: list[Result], rat: list[dict[str, Any]], meta: dict[str, A
 
 
 def chart(results: list[Result], path: Path) -> None:
-    import matplotlib
+    """Bar chart of tokens/s per engine; skipped with a note when matplotlib is not installed."""
+    try:
+        import matplotlib
+    except ImportError:
+        print(f"[bench] matplotlib not installed: no chart at {path}", file=sys.stderr)
+        return
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt

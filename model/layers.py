@@ -23,7 +23,10 @@ class FeedForward(nn.Module):
         self.activation_dropout = nn.Dropout(cfg.activation_dropout)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.fc2(self.activation_dropout(self.activation(self.fc1(x))))
+        h = self.activation(self.fc1(x))
+        if self.training:  # eval skips the no-op Dropout call (Python overhead on every decode step)
+            h = self.activation_dropout(h)
+        return self.fc2(h)
 
 
 class _Residual(nn.Module):
@@ -37,8 +40,10 @@ class _Residual(nn.Module):
 
     def forward(self, x: Tensor, block: Callable[[Tensor], Tensor]) -> Tensor:
         if self.pre:
-            return x + self.dropout(block(self.norm(x)))
-        return self.norm(x + self.dropout(block(x)))
+            h = block(self.norm(x))
+            return x + (self.dropout(h) if self.training else h)
+        h = block(x)
+        return self.norm(x + (self.dropout(h) if self.training else h))
 
 
 class EncoderLayer(nn.Module):
