@@ -7,6 +7,8 @@ from pathlib import Path
 __version__ = "0.1.0"
 
 _SHIPPED_MODELS = Path(__file__).resolve().parent.parent / "models"
+DEFAULT_PAIR = ("en", "de")
+"""The language pair used when a command names none (``ferry translate`` without ``-s``/``-t``)."""
 
 
 def default_model_dirs() -> list[Path]:
@@ -29,11 +31,14 @@ def _languages(model_dir: Path) -> tuple[str, str]:
 
 def default_model_dir(source_language: str | None = None, target_language: str | None = None) -> Path:
     """The default model for a language pair (either side may be left open); without languages, the
-    first default model (``models/en-de`` in a source checkout). Raises ``FileNotFoundError`` naming
+    en→de default model if there is one, else the first (``DEFAULT_PAIR``). Raises ``FileNotFoundError`` naming
     the pairs on offer when no default model serves the pair."""
     dirs = default_model_dirs()
     if not dirs:
         raise FileNotFoundError(f"no default model: {_SHIPPED_MODELS} holds none and $FERRY_DEFAULT_MODEL is unset")
+    if not source_language and not target_language:
+        # No pair named: en->de when one is on offer (models/ sorts de-en first), else the first model.
+        return next((d for d in dirs if _languages(d) == DEFAULT_PAIR), dirs[0])
     for d in dirs:
         src, tgt = _languages(d)
         if source_language in (None, "", src) and target_language in (None, "", tgt):

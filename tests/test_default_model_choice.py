@@ -44,3 +44,20 @@ def test_serve_hosts_every_default_model(tmp_path: Path, monkeypatch: pytest.Mon
 def test_checkout_ships_its_models(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("FERRY_DEFAULT_MODEL", raising=False)
     assert "en-de" in [d.name for d in default_model_dirs()]
+
+
+def test_no_pair_named_means_en_de_even_when_it_sorts_second(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Regression: models/ lists de-en before en-de, and commands without -s/-t (bench/compare.py,
+    # ferry translate) silently fed English into the de-en model.
+    de_en, en_de = _model(tmp_path, "de", "en"), _model(tmp_path, "en", "de")
+    monkeypatch.setenv("FERRY_DEFAULT_MODEL", f"{de_en}:{en_de}")
+    assert default_model_dirs() == [de_en, en_de]
+    assert default_model_dir() == en_de
+    monkeypatch.setenv("FERRY_DEFAULT_MODEL", str(de_en))
+    assert default_model_dir() == de_en
+
+
+def test_checkout_default_is_en_de(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("FERRY_DEFAULT_MODEL", raising=False)
+    assert default_model_dir().name == "en-de"
+    assert default_model_dir("de", "en").name == "de-en"
