@@ -31,8 +31,8 @@ def _languages(model_dir: Path) -> tuple[str, str]:
 
 def default_model_dir(source_language: str | None = None, target_language: str | None = None) -> Path:
     """The default model for a language pair (either side may be left open); without languages, the
-    en→de default model if there is one, else the first (``DEFAULT_PAIR``). Raises ``FileNotFoundError`` naming
-    the pairs on offer when no default model serves the pair."""
+    ``DEFAULT_PAIR`` (en→de) model if one is on offer, else the first. Raises ``FileNotFoundError``
+    naming the pairs on offer when no default model serves the pair."""
     dirs = default_model_dirs()
     if not dirs:
         raise FileNotFoundError(f"no default model: {_SHIPPED_MODELS} holds none and $FERRY_DEFAULT_MODEL is unset")

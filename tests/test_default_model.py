@@ -4,6 +4,7 @@ image captions (Multi30k) and everyday sentences (Tatoeba) in both directions.""
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 import torch
@@ -51,18 +52,11 @@ def test_shipped_model_is_small_and_complete(src: str, tgt: str) -> None:
     weights = root / "model.safetensors"
     assert weights.stat().st_size <= 60 * 1024 * 1024, f"{weights.stat().st_size / 2**20:.1f} MiB"
     with safe_open(str(weights), framework="pt") as f:
-        params = sum(_numel(f.get_slice(k).get_shape()) for k in f.keys())
+        params = sum(math.prod(f.get_slice(k).get_shape()) for k in f.keys())
     assert params <= 25_000_000, params
     card = (root / "README.md").read_text()
     for needed in ("Tatoeba", "CC BY 2.0 FR", "Multi30k", "test2016", "ferry train"):
         assert needed in card, f"model card of {root.name} lacks {needed!r}"
-
-
-def _numel(shape: list[int]) -> int:
-    n = 1
-    for s in shape:
-        n *= s
-    return n
 
 
 def test_translates_captions_and_everyday_sentences(pair_translator: tuple[tuple[str, str], Translator]) -> None:
