@@ -219,7 +219,8 @@ def _inference_linears(model: Transformer) -> Iterator[tuple[nn.Module, str, nn.
         yield model, "output", model.output, "none"
 
 
-def _identity(x: Tensor) -> Tensor:
+def fused_activation(x: Tensor) -> Tensor:
+    """A feed-forward's activation once it is fused into its ``fc1`` GEMM: the identity."""
     return x
 
 
@@ -237,7 +238,7 @@ def pack_linears(model: Transformer, *, gemm: str = "auto") -> dict[str, str]:
         packed = PackedLinear(lin.weight, lin.bias, backend=backend, activation=act)
         _set(parent, attr, packed)
         if act == "relu":
-            parent.activation = _identity  # type: ignore[assignment]  # fused into fc1
+            parent.activation = fused_activation  # type: ignore[assignment]  # fused into fc1
     return {f"{n}x{k}": b for (n, k), b in choice.items()}
 
 

@@ -22,6 +22,7 @@ import torch
 from torch import Tensor
 
 from .cache import DecoderCache
+from .lean_step import LeanDecoder
 from .transformer import Transformer
 
 
@@ -199,8 +200,11 @@ class GraphedDecoder(StaticStep):
         return graph, inputs, out
 
 
-def decode_stepper(model: Transformer) -> Transformer | GraphedDecoder:
-    """What to pass as ``run_search``'s model: graph replay on CUDA, the model itself elsewhere."""
+def decode_stepper(model: Transformer) -> Transformer | GraphedDecoder | LeanDecoder:
+    """What to pass as ``run_search``'s model: graph replay on CUDA; on CPU the lean step when
+    ``prepare_for_inference`` rewrote the model, else the model itself (the eager reference)."""
     if next(model.parameters()).device.type == "cuda":
         return GraphedDecoder(model)
+    if LeanDecoder.supports(model):
+        return LeanDecoder(model)
     return model

@@ -13,6 +13,7 @@ from .cache import DecoderCache
 from .checkpoint import CheckpointInfo
 from .fastpath import prepare_for_inference
 from .graph_step import GraphedDecoder, decode_stepper
+from .lean_step import LeanDecoder
 from .loading import LoadedModel, load_model
 from .options import (
     DecodeOptions,
@@ -97,7 +98,7 @@ class Translator:
         self.model: Transformer = loaded.model.eval()
         self.tokenizer: Tokenizer = loaded.tokenizer
         self.info: CheckpointInfo = loaded.info
-        self._stepper: Transformer | GraphedDecoder | None = None  # built on first search
+        self._stepper: Transformer | GraphedDecoder | LeanDecoder | None = None  # built on first search
 
     @classmethod
     def from_parts(cls, model: Transformer, tokenizer: Tokenizer, info: CheckpointInfo | None = None) -> Translator:
@@ -149,10 +150,12 @@ class Translator:
     """The model-core name of ``encode`` (search and fast-path tests use it)."""
 
     def decode_step(self, tokens: torch.Tensor, cache: DecoderCache) -> torch.Tensor:
-        return self.model.decode_step(tokens, cache)  # (R, V)
+        """The serving engine's step: the same fast path as ``translate_batch`` (``stepper``)."""
+        return self.stepper().decode_step(tokens, cache)  # (R, V)
 
-    def stepper(self) -> Transformer | GraphedDecoder:
-        """What the search calls ``decode_step`` on: CUDA-graph replay on a GPU, the model on CPU."""
+    def stepper(self) -> Transformer | GraphedDecoder | LeanDecoder:
+        """What the search calls ``decode_step`` on: CUDA-graph replay on a GPU; on CPU the lean
+        step over the prepared model (the module path when the fast path is off)."""
         if self._stepper is None:
             self._stepper = decode_stepper(self.model)
         return self._stepper

@@ -117,9 +117,11 @@ def test_cli_translate_keeps_order(tiny_checkpoint: Path, tiny_pairs: list[tuple
     assert bad.returncode == 2 and "beam_size=0 is out of range" in bad.stderr
 
 
-def test_search_steps_the_model_on_cpu_and_graphs_on_cuda(translator: Translator) -> None:
-    """CPU searches call the model itself; a CUDA translator replays CUDA graphs (graph_step)."""
-    assert translator.stepper() is translator.model
+def test_search_steps_the_lean_step_on_cpu_and_graphs_on_cuda(translator: Translator) -> None:
+    """CPU searches run the lean step (lean_step); a CUDA translator replays CUDA graphs (graph_step)."""
+    from ferry.model.lean_step import LeanDecoder
+
+    assert isinstance(translator.stepper(), LeanDecoder)
     if torch.cuda.is_available():
         import copy
 

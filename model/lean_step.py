@@ -1,0 +1,178 @@
+"""One decode step as one function over plain tensors: no ``nn.Module`` dispatch per step.
+
+``Transformer.decode_step`` walks the module tree: per step and decoder layer it makes about a dozen
+module calls (each through ``Module.__call__`` and several ``Module.__getattr__`` lookups) plus the
+closures of ``DecoderLayer.step``. With a 256-wide model those fixed costs are ~1 ms per step, as
+much as the GEMMs of a few rows. ``LeanDecoder`` reads every weight out of a model that
+``prepare_for_inference`` rewrote (fused Q/K/V and cross K/V, packed or int8 Linears) once, then runs
+the same operations in the same order on 2-D ``(R, d_model)`` activations, so its logits equal the
+module path's (the tests compare them).
+
+It implements ``decode_step(tokens, cache) -> logits`` (the search's ``StepModel``) over the same
+``DecoderCache``, so search, beam reorders and continuous batching are unchanged.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .attention import Attention
+from .cache import DecoderCache
+from .fastpath import PackedLinear, fused_activation
+from .layers import DecoderLayer
+from .transformer import Transformer
+
+Linear = Callable[[Tensor], Tensor]
+"""``(N, K) -> (N, M)``: one Linear (activation fused where the fast path fused it)."""
+
+
+def linear_fn(module: nn.Module) -> Linear:
+    """A plain function computing ``module`` on 2-D input, calling the GEMM op directly."""
+    if isinstance(module, PackedLinear):
+        bias, act = module.bias, module.activation
+        if module.packed is not None:
+            op, packed = torch.ops.mkldnn._linear_pointwise.default, module.packed
+            return lambda x: op(x, packed, bias, act, [], "")
+        weight = module.weight
+        if act == "relu":
+            return lambda x: F.linear(x, weight, bias).relu_()
+        return lambda x: F.linear(x, weight, bias)
+    if type(module) is nn.Linear:
+        weight, lin_bias = module.weight, module.bias
+        return lambda x: F.linear(x, weight, lin_bias)
+    return module.forward  # int8 dynamic Linears and anything else: skip only __call__'s hooks
+
+
+def _layer_norm(module: nn.Module) -> Callable[[Tensor], Tensor] | None:
+    """``F.layer_norm`` with the module's parameters, or ``None`` for an identity."""
+    if isinstance(module, nn.Identity):
+        return None
+    if not isinstance(module, nn.LayerNorm):
+        return module.forward
+    shape, weight, bias, eps = module.normalized_shape, module.weight, module.bias, module.eps
+    return lambda x: F.layer_norm(x, shape, weight, bias, eps)
+
+
+@dataclass(frozen=True)
+class _Layer:
+    """One decoder layer's weights as functions."""
+
+    self_norm: Callable[[Tensor], Tensor]
+    qkv: Linear
+    self_out: Linear
+    cross_norm: Callable[[Tensor], Tensor]
+    cross_q: Linear
+    cross_out: Linear
+    ffn_norm: Callable[[Tensor], Tensor]
+    fc1: Linear
+    activation: Callable[[Tensor], Tensor] | None
+    """Applied after ``fc1`` unless the fast path fused it into the GEMM (``None``)."""
+    fc2: Linear
+
+
+class LeanDecoder:
+    """``decode_step`` of a prepared ``Transformer`` without module dispatch (module docstring)."""
+
+    def __init__(self, model: Transformer) -> None:
+        cfg = model.cfg
+        self.model = model
+        self.pre = cfg.norm_position == "pre"
+        self.heads, self.kv_heads, self.head_dim = cfg.n_heads, cfg.kv_heads, cfg.head_dim
+        self.gqa = cfg.kv_heads != cfg.n_heads
+        self.max_positions = cfg.max_positions
+        self.embed: Tensor = model.tgt_embed.weight
+        self.embed_scale = model.embed_scale
+        self.positions: Tensor = model.tgt_positions.table
+        self.final_norm = _layer_norm(model.decoder_norm)
+        self.output = linear_fn(model.output)
+        self.logits_bias = model.logits_bias
+        self.layers = [self._layer(layer) for layer in model.decoder_layers]  # type: ignore[arg-type]
+
+    @staticmethod
+    def supports(model: Transformer) -> bool:
+        """Whether ``model`` has the fused projections ``prepare_for_inference`` adds."""
+        return all(
+            layer.self_attn.qkv_proj is not None  # type: ignore[union-attr]
+            for layer in model.decoder_layers
+        )
+
+    def _layer(self, layer: DecoderLayer) -> _Layer:
+        self_attn: Attention = layer.self_attn
+        cross: Attention = layer.cross_attn
+        if self_attn.qkv_proj is None:
+            raise ValueError("LeanDecoder needs a model rewritten by prepare_for_inference (fused Q/K/V)")
+        activation = layer.ffn.activation
+
+        def norm(res: nn.Module) -> Callable[[Tensor], Tensor]:
+            fn = _layer_norm(res.norm)  # type: ignore[arg-type]
+            assert fn is not None
+            return fn
+
+        return _Layer(
+            self_norm=norm(layer.self_attn_res),
+            qkv=linear_fn(self_attn.qkv_proj),
+            self_out=linear_fn(self_attn.out_proj),
+            cross_norm=norm(layer.cross_attn_res),
+            cross_q=linear_fn(cross.q_proj),
+            cross_out=linear_fn(cross.out_proj),
+            ffn_norm=norm(layer.ffn_res),
+            fc1=linear_fn(layer.ffn.fc1),
+            activation=None if activation is fused_activation else activation,
+            fc2=linear_fn(layer.ffn.fc2),
+        )
+
+    def decode_step(self, tokens: Tensor, cache: DecoderCache) -> Tensor:
+        """Feed one token per row (R,) at each row's own position; returns logits (R, V)."""
+        if cache.max_length >= self.max_positions:
+            raise ValueError(f"decoding past max_positions={self.max_positions}; lower max_length")
+        self_mask, cross_mask = cache.begin_step()
+        r = tokens.shape[0]
+        h, hkv, d = self.heads, self.kv_heads, self.head_dim
+        qd, kd = h * d, hkv * d
+        g = cache.group
+        pre, gqa = self.pre, self.gqa
+        sdpa = F.scaled_dot_product_attention
+        x = F.embedding(tokens, self.embed) * self.embed_scale + self.positions[cache.lengths]  # (R, d)
+        for i, w in enumerate(self.layers):
+            # self-attention
+            y = w.self_norm(x) if pre else x
+            qkv = w.qkv(y)  # (R, (H + 2 Hkv) D)
+            q = qkv[:, :qd].view(r, h, 1, d)  # (R, H, 1, D)
+            k, v = cache.write(i, qkv[:, qd : qd + kd].view(r, hkv, 1, d), qkv[:, qd + kd :].view(r, hkv, 1, d))
+            a = sdpa(q, k, v, attn_mask=self_mask, enable_gqa=gqa)  # (R, H, 1, D)
+            x = x + w.self_out(a.reshape(r, qd))  # (R, d)
+            if not pre:
+                x = w.self_norm(x)
+            # cross-attention: the ``g`` beams sharing one encoder row are ``g`` queries of it
+            y = w.cross_norm(x) if pre else x
+            q = w.cross_q(y)  # (R, H D)
+            if g == 1:
+                q = q.view(r, h, 1, d)  # (R, H, 1, D)
+            else:
+                q = q.view(r // g, g, h, d).transpose(1, 2)  # (N, H, g, D)
+            a = sdpa(q, cache.cross_k[i], cache.cross_v[i], attn_mask=cross_mask, enable_gqa=gqa)  # (N, H, g, D)
+            if g != 1:
+                a = a.transpose(1, 2)  # (N, g, H, D)
+            x = x + w.cross_out(a.reshape(r, qd))  # (R, d)
+            if not pre:
+                x = w.cross_norm(x)
+            # feed-forward
+            y = w.ffn_norm(x) if pre else x
+            y = w.fc1(y)  # (R, F)
+            if w.activation is not None:
+                y = w.activation(y)
+            x = x + w.fc2(y)  # (R, d)
+            if not pre:
+                x = w.ffn_norm(x)
+        cache.advance()
+        if self.final_norm is not None:
+            x = self.final_norm(x)
+        logits = self.output(x)  # (R, V)
+        if self.logits_bias is not None:
+            logits = logits + self.logits_bias
+        return logits

@@ -1,0 +1,150 @@
+"""The lean decode step (model/lean_step.py) computes exactly what ``Transformer.decode_step`` computes
+on the same prepared model: same operations in the same order, so logits are equal bit for bit, for
+every architecture variant, beam groups, rows at different positions (continuous batching) and int8."""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import torch
+from ferry.model import Translator
+from ferry.model.cache import DecoderCache
+from ferry.model.config import TransformerConfig
+from ferry.model.fastpath import prepare_for_inference
+from ferry.model.graph_step import decode_stepper
+from ferry.model.lean_step import LeanDecoder
+from ferry.model.transformer import Transformer
+
+BASE = TransformerConfig(
+    src_vocab_size=40,
+    tgt_vocab_size=40,
+    d_model=32,
+    n_heads=4,
+    encoder_layers=2,
+    decoder_layers=2,
+    ffn_dim=64,
+    max_positions=32,
+)
+VARIANTS = {
+    "post-norm relu": BASE,
+    "pre-norm": replace(BASE, norm_position="pre"),
+    "grouped-query": replace(BASE, n_kv_heads=2, norm_position="pre"),
+    "gelu, logits bias, learned positions": replace(
+        BASE, activation="gelu", final_logits_bias=True, positions="learned", scale_embedding=False
+    ),
+    "no biases, separate output": replace(BASE, attention_bias=False, ffn_bias=False, tie_output=False),
+}
+
+
+def _model(cfg: TransformerConfig, *, quantize: bool = False) -> Transformer:
+    torch.manual_seed(0)
+    model = Transformer(cfg).eval()
+    if cfg.final_logits_bias:
+        torch.nn.init.normal_(model.logits_bias)  # type: ignore[arg-type]
+    prepare_for_inference(model, gemm="mkl", quantize=quantize)
+    return model
+
+
+def _cache(model: Transformer, lengths: list[int], seed: int = 1) -> DecoderCache:
+    gen = torch.Generator().manual_seed(seed)
+    src = torch.randint(4, model.cfg.src_vocab_size, (len(lengths), max(lengths)), generator=gen)
+    return model.init_cache(model.encode(src, torch.tensor(lengths)), capacity=4)
+
+
+def _run_both(model: Transformer, make_cache: object, steps: int, edit: object = None) -> None:
+    """Decode ``steps`` greedy steps through the module path and the lean path on twin caches."""
+    lean = LeanDecoder(model)
+    caches = [make_cache(), make_cache()]  # type: ignore[operator]
+    tokens = torch.full((caches[0].num_rows,), model.cfg.decoder_start_id)
+    with torch.inference_mode():
+        for step in range(steps):
+            want = model.decode_step(tokens, caches[0])
+            got = lean.decode_step(tokens, caches[1])
+            assert torch.equal(got, want), f"step {step}"
+            assert caches[1].lengths_host == caches[0].lengths_host
+            tokens = want.argmax(-1)
+            if edit is not None:
+                tokens = edit(step, caches, tokens)  # type: ignore[operator]
+
+
+@pytest.mark.parametrize("name", VARIANTS)
+def test_lean_step_equals_module_step(name: str) -> None:
+    model = _model(VARIANTS[name])
+    _run_both(model, lambda: _cache(model, [5, 3, 7]), steps=9)  # past the initial capacity: grows
+
+
+@pytest.mark.parametrize("name", ["post-norm relu", "grouped-query"])
+def test_lean_step_with_beam_groups_and_reorders(name: str) -> None:
+    model = _model(VARIANTS[name])
+
+    def beams() -> DecoderCache:
+        cache = _cache(model, [6, 4])
+        cache.select_rows(torch.arange(2).repeat_interleave(3))  # 3 beams share each encoder row
+        assert cache.group == 3
+        return cache
+
+    def reorder(step: int, caches: list[DecoderCache], tokens: torch.Tensor) -> torch.Tensor:
+        order = torch.tensor([2, 0, 0, 4, 5, 3]) if step % 2 else torch.tensor([0, 0, 1, 3, 3, 5])
+        for cache in caches:
+            cache.reorder(order)
+        return tokens[order]
+
+    _run_both(model, beams, steps=6, edit=reorder)
+
+
+def test_lean_step_with_rows_at_different_positions() -> None:
+    """Continuous batching: a request joins after two steps, another leaves."""
+    model = _model(VARIANTS["pre-norm"])
+
+    def join(step: int, caches: list[DecoderCache], tokens: torch.Tensor) -> torch.Tensor:
+        if step == 1:
+            for cache in caches:
+                cache.extend(_cache(model, [4], seed=7))
+            return torch.cat([tokens, torch.tensor([model.cfg.decoder_start_id])])
+        if step == 4:
+            for cache in caches:
+                cache.select_rows(torch.tensor([0, 2, 3]))
+            return tokens[[0, 2, 3]]
+        return tokens
+
+    _run_both(model, lambda: _cache(model, [5, 3, 7]), steps=8, edit=join)
+
+
+def test_lean_step_int8() -> None:
+    model = _model(VARIANTS["post-norm relu"], quantize=True)
+    _run_both(model, lambda: _cache(model, [5, 3]), steps=5)
+
+
+def test_lean_step_stops_at_max_positions() -> None:
+    model = _model(replace(BASE, max_positions=3))
+    lean, cache = LeanDecoder(model), _cache(model, [2])
+    tokens = torch.tensor([model.cfg.decoder_start_id])
+    with torch.inference_mode():
+        for _ in range(3):
+            lean.decode_step(tokens, cache)
+        with pytest.raises(ValueError, match="max_positions=3"):
+            lean.decode_step(tokens, cache)
+
+
+def test_cpu_search_uses_the_lean_step_only_on_a_prepared_model(tiny_checkpoint: Path) -> None:
+    translator = Translator(tiny_checkpoint, device="cpu")
+    assert isinstance(translator.stepper(), LeanDecoder)
+    plain = copy.deepcopy(Transformer(BASE))
+    assert decode_stepper(plain) is plain  # unprepared: the module path (the eager reference)
+    with pytest.raises(ValueError, match="prepare_for_inference"):
+        LeanDecoder(plain)
+
+
+def test_served_steps_go_through_the_lean_step(tiny_checkpoint: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    translator = Translator(tiny_checkpoint, device="cpu")
+    calls: list[int] = []
+    lean = translator.stepper()
+    original = lean.decode_step
+    monkeypatch.setattr(lean, "decode_step", lambda t, c: calls.append(len(t)) or original(t, c))
+    cache = translator.encode(translator.tokenize(["red cat runs"]))
+    with torch.inference_mode():
+        translator.decode_step(torch.tensor([translator.model.cfg.decoder_start_id]), cache)
+    assert calls == [1]
