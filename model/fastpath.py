@@ -3,8 +3,8 @@
 ``prepare_for_inference`` rewrites a loaded ``Transformer`` in place for decoding only (no training
 afterwards): Q/K/V of self-attention become one Linear, K/V of cross-attention another; every Linear
 the decoder and encoder call becomes a ``PackedLinear`` running on the GEMM library that measured
-fastest on this CPU for its shape (oneDNN with the weight reordered once, or MKL through
-``F.linear``), with the feed-forward ReLU fused into the oneDNN call; ``quantize=True`` swaps them for
+fastest on this CPU for its shape (oneDNN with the weight reordered once, or MKL with the weight
+stored transposed), with the feed-forward ReLU fused into the oneDNN call; ``quantize=True`` swaps them for
 per-channel dynamic int8 Linears on the fastest quantized engine. The eager module tree stays the
 reference: an unprepared model runs exactly as before.
 """
@@ -60,40 +60,90 @@ def onednn_available() -> bool:
 
 
 class PackedLinear(nn.Module):
-    """``y = act(x W^T + b)`` on one GEMM backend, the weight prepacked once for oneDNN.
+    """``y = act(x W^T + b)`` on one GEMM backend, the weight laid out once for it.
 
-    ``activation`` is ``none`` or ``relu`` (the feed-forward's first Linear, fused into the GEMM)."""
+    ``onednn``: the weight reordered into oneDNN's blocked format. ``mkl``: the weight stored
+    transposed, ``(K, N)`` contiguous, and computed as ``addmm(b, x, W^T)``: MKL's sgemm without a
+    transposed operand ran a decode step's GEMMs 20–30 % faster than ``F.linear`` at 1–32 rows
+    (bench/gemm.py). ``activation`` is ``none`` or ``relu`` (the feed-forward's first Linear, fused)."""
 
     def __init__(self, weight: Tensor, bias: Tensor | None, *, backend: str, activation: str = "none") -> None:
         super().__init__()
-        if backend not in ("onednn", "mkl"):
-            raise ValueError(f"backend={backend!r}; allowed: onednn, mkl")
+        if backend not in BACKENDS:
+            raise ValueError(f"backend={backend!r}; allowed: {', '.join(BACKENDS)}")
         self.backend = backend
         self.activation = activation
         self.out_features, self.in_features = weight.shape
         # Buffers under the Linear's names: state_dict() of a prepared model still saves as a checkpoint.
         self.weight: Tensor
         self.bias: Tensor | None
-        self.register_buffer("weight", weight.detach().contiguous())
-        self.register_buffer("bias", bias.detach().contiguous() if bias is not None else None)
+        self.packed: Tensor | None = None
+        self.weight_t: Tensor | None = None
         if backend == "onednn":
-            self.packed: Tensor | None = torch.ops.mkldnn._reorder_linear_weight(self.weight, None)
+            self.register_buffer("weight", weight.detach().contiguous())
+            self.packed = torch.ops.mkldnn._reorder_linear_weight(self.weight, None)
         else:
-            self.packed = None
+            self.weight_t = weight.detach().t().contiguous()  # (K, N)
+            self.register_buffer("weight", self.weight_t.t())  # (N, K) view of the same memory
+        self.register_buffer("bias", bias.detach().contiguous() if bias is not None else None)
 
     def forward(self, x: Tensor) -> Tensor:
         lead = x.shape[:-1]
-        x2 = x.reshape(-1, self.in_features)  # (N, K)
-        if self.packed is not None:
-            y = torch.ops.mkldnn._linear_pointwise(x2, self.packed, self.bias, self.activation, [], "")  # (N, M)
-        else:
-            y = F.linear(x2, self.weight, self.bias)  # (N, M)
-            if self.activation == "relu":
-                y = y.relu_()
+        y = gemm_fn(self)(x.reshape(-1, self.in_features))  # (N, M)
         return y.view(*lead, self.out_features)  # (..., M)
 
     def extra_repr(self) -> str:
         return f"{self.in_features}->{self.out_features}, backend={self.backend}, activation={self.activation}"
+
+
+BACKENDS = ("onednn", "mkl")
+"""fp32 GEMM backends of ``PackedLinear``."""
+
+
+def gemm_fn(linear: PackedLinear) -> Callable[[Tensor], Tensor]:
+    """A plain function ``(N, K) -> (N, M)`` calling ``linear``'s GEMM op directly (no module call)."""
+    bias, act = linear.bias, linear.activation
+    if linear.packed is not None:
+        op, packed = torch.ops.mkldnn._linear_pointwise.default, linear.packed
+        return lambda x: op(x, packed, bias, act, [], "")
+    wt = linear.weight_t
+    assert wt is not None
+    if bias is None:
+        return (lambda x: torch.mm(x, wt).relu_()) if act == "relu" else (lambda x: torch.mm(x, wt))
+    if act == "relu":
+        return lambda x: torch.addmm(bias, x, wt).relu_()
+    return lambda x: torch.addmm(bias, x, wt)
+
+
+def measure_gemms(
+    weights: list[tuple[Tensor, Tensor | None]], rows: tuple[int, ...] = (8, 32), reps: int = 3
+) -> dict[tuple[int, int], str]:
+    """Per ``(N, K)`` weight shape: ``onednn`` or ``mkl``, whichever ran it faster here.
+
+    The weights run in model order, as a decode step runs them, so each GEMM finds its weight out of
+    cache as it does in real decoding (a hot loop over one weight favoured the wrong backend); both
+    backends alternate, and each shape's calls are summed over a few typical row counts."""
+    shapes = {(int(w.shape[0]), int(w.shape[1])) for w, _ in weights}
+    if not onednn_available():
+        return dict.fromkeys(shapes, "mkl")
+    try:
+        candidates = {b: [gemm_fn(PackedLinear(w, bias, backend=b)) for w, bias in weights] for b in BACKENDS}
+    except RuntimeError:  # oneDNN cannot pack this dtype here
+        return dict.fromkeys(shapes, "mkl")
+    totals: dict[tuple[str, tuple[int, int]], float] = {}
+    with torch.inference_mode():
+        for r in rows:
+            inputs = {k: torch.randn(r, k, dtype=weights[0][0].dtype) for k in {int(w.shape[1]) for w, _ in weights}}
+            for rep in range(reps + 1):  # round 0 warms up (oneDNN creates its primitives)
+                for backend, fns in candidates.items():
+                    for (w, _), fn in zip(weights, fns):
+                        x = inputs[int(w.shape[1])]
+                        start = time.perf_counter()
+                        fn(x)
+                        if rep:
+                            key = (backend, (int(w.shape[0]), int(w.shape[1])))
+                            totals[key] = totals.get(key, 0.0) + time.perf_counter() - start
+    return {s: "onednn" if totals[("onednn", s)] * GEMM_MARGIN < totals[("mkl", s)] else "mkl" for s in shapes}
 
 
 def _median_us(fn: Callable[[], object], reps: int) -> float:
@@ -104,28 +154,6 @@ def _median_us(fn: Callable[[], object], reps: int) -> float:
         times.append(time.perf_counter() - start)
     times.sort()
     return times[len(times) // 2] * 1e6
-
-
-def measure_gemm(weight: Tensor, bias: Tensor | None, rows: tuple[int, ...] = (32, 128), reps: int = 5) -> str:
-    """``onednn`` or ``mkl``: which one runs this weight's GEMM faster on this CPU, summed over a few
-    typical row counts (decode steps at batch 32, greedy and beam 4). Interleaved runs, medians."""
-    if not onednn_available():
-        return "mkl"
-    try:
-        packed = torch.ops.mkldnn._reorder_linear_weight(weight.contiguous(), None)
-    except RuntimeError:
-        return "mkl"
-    mkl = dnn = 0.0
-    with torch.inference_mode():
-        for r in rows:
-            x = torch.randn(r, weight.shape[1], dtype=weight.dtype)
-            for _ in range(3):  # warm-up (first oneDNN call creates the primitive)
-                F.linear(x, weight, bias)
-                torch.ops.mkldnn._linear_pointwise(x, packed, bias, "none", [], "")
-            for _ in range(2):
-                mkl += _median_us(lambda x=x: F.linear(x, weight, bias), reps)  # type: ignore[misc]
-                dnn += _median_us(lambda x=x: torch.ops.mkldnn._linear_pointwise(x, packed, bias, "none", [], ""), reps)  # type: ignore[misc]
-    return "onednn" if dnn * GEMM_MARGIN < mkl else "mkl"
 
 
 def _int8_linear(linear: nn.Linear, engine: str) -> nn.Module:
@@ -226,17 +254,17 @@ def fused_activation(x: Tensor) -> Tensor:
 
 def pack_linears(model: Transformer, *, gemm: str = "auto") -> dict[str, str]:
     """Replace every inference Linear by a ``PackedLinear`` on the chosen (or measured) backend."""
-    choice: dict[tuple[int, int], str] = {}
-    for parent, attr, lin, act in list(_inference_linears(model)):
-        shape = (lin.out_features, lin.in_features)
-        if shape not in choice:
-            if gemm == "auto":
-                choice[shape] = measure_gemm(lin.weight.detach(), lin.bias)
-            else:
-                choice[shape] = gemm if onednn_available() else "mkl"
-        backend = choice[shape]
-        packed = PackedLinear(lin.weight, lin.bias, backend=backend, activation=act)
-        _set(parent, attr, packed)
+    linears = list(_inference_linears(model))
+    if gemm == "auto":
+        choice = measure_gemms([(lin.weight.detach(), lin.bias) for _, _, lin, _ in linears])
+    else:
+        if gemm not in BACKENDS:
+            raise ValueError(f"gemm={gemm!r}; allowed: auto, {', '.join(BACKENDS)}")
+        backend = gemm if gemm == "mkl" or onednn_available() else "mkl"
+        choice = {(lin.out_features, lin.in_features): backend for _, _, lin, _ in linears}
+    for parent, attr, lin, act in linears:
+        backend = choice[(lin.out_features, lin.in_features)]
+        _set(parent, attr, PackedLinear(lin.weight, lin.bias, backend=backend, activation=act))
         if act == "relu":
             parent.activation = fused_activation  # type: ignore[assignment]  # fused into fc1
     return {f"{n}x{k}": b for (n, k), b in choice.items()}

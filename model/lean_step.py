@@ -17,13 +17,12 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .attention import Attention
 from .cache import DecoderCache
-from .fastpath import PackedLinear, fused_activation
+from .fastpath import PackedLinear, fused_activation, gemm_fn
 from .layers import DecoderLayer
 from .transformer import Transformer
 
@@ -34,17 +33,10 @@ Linear = Callable[[Tensor], Tensor]
 def linear_fn(module: nn.Module) -> Linear:
     """A plain function computing ``module`` on 2-D input, calling the GEMM op directly."""
     if isinstance(module, PackedLinear):
-        bias, act = module.bias, module.activation
-        if module.packed is not None:
-            op, packed = torch.ops.mkldnn._linear_pointwise.default, module.packed
-            return lambda x: op(x, packed, bias, act, [], "")
-        weight = module.weight
-        if act == "relu":
-            return lambda x: F.linear(x, weight, bias).relu_()
-        return lambda x: F.linear(x, weight, bias)
+        return gemm_fn(module)
     if type(module) is nn.Linear:
-        weight, lin_bias = module.weight, module.bias
-        return lambda x: F.linear(x, weight, lin_bias)
+        weight, bias = module.weight, module.bias
+        return lambda x: F.linear(x, weight, bias)
     return module.forward  # int8 dynamic Linears and anything else: skip only __call__'s hooks
 
 
