@@ -439,9 +439,9 @@ def bleu(hyps: list[str], refs: list[str]) -> float:
     return float(sacrebleu.corpus_bleu(hyps, [refs]).score)
 
 
-def ratios(results: list[Result]) -> list[dict[str, Any]]:
+def ratios(results: list[Result], outputs: dict[tuple[str, int], list[str]] | None = None) -> list[dict[str, Any]]:
     """ferry/CTranslate2 (same compute type) and ferry/transformers, by target tokens per wall
-    second and per CPU second."""
+    second and per CPU second, with the share of sentences both engines translated identically."""
     by = {(r.engine, r.beam_size): r for r in results if r.seconds > 0}
     pairs = [
         ("ferry float32", "CTranslate2 float32"),
@@ -464,7 +464,20 @@ def ratios(results: list[Result]) -> list[dict[str, Any]]:
             if a and b:
                 wall = a.tokens_per_s / b.tokens_per_s
                 cpu = a.tokens_per_cpu_s / b.tokens_per_cpu_s if b.tokens_per_cpu_s else None
-                out.append({"beam_size": beam, "ferry": ours, "other": theirs, "speed_ratio": wall, "cpu_ratio": cpu})
+                same = None
+                mine, other = (outputs or {}).get((ours, beam)), (outputs or {}).get((theirs, beam))
+                if mine and other and len(mine) == len(other):
+                    same = sum(x == y for x, y in zip(mine, other)) / len(mine)
+                out.append(
+                    {
+                        "beam_size": beam,
+                        "ferry": ours,
+                        "other": theirs,
+                        "speed_ratio": wall,
+                        "cpu_ratio": cpu,
+                        "identical": same,
+                    }
+                )
     return out
 
 
@@ -491,10 +504,15 @@ def markdown(results: list[Result], rat: list[dict[str, Any]], meta: dict[str, A
             f"| {r.tokens_per_cpu_s:.0f} | {r.peak_rss_mb:.0f} "
             f"| {gpu} | {b} | {load} | {r.note} |"
         )
-    lines += ["", "| beam | ferry | vs | speed ratio (wall) | speed ratio (CPU) |", "|---:|---|---|---:|---:|"]
+    lines += [
+        "",
+        "| beam | ferry | vs | speed ratio (wall) | speed ratio (CPU) | identical outputs |",
+        "|---:|---|---|---:|---:|---:|",
+    ]
     for x in rat:
         cpu = f"{x['cpu_ratio']:.2f}×" if x["cpu_ratio"] is not None else ""
-        lines.append(f"| {x['beam_size']} | {x['ferry']} | {x['other']} | {x['speed_ratio']:.2f}× | {cpu} |")
+        same = f"{100 * x['identical']:.1f}%" if x.get("identical") is not None else ""
+        lines.append(f"| {x['beam_size']} | {x['ferry']} | {x['other']} | {x['speed_ratio']:.2f}× | {cpu} | {same} |")
     return "\n".join(lines) + "\n"
 
 
@@ -600,6 +618,7 @@ def main(argv: list[str] | None = None) -> int:
         work = args.work_dir or Path(stack.enter_context(tempfile.TemporaryDirectory()))
         paths = prepare(args.model, work, any(e.kind == "ctranslate2" for e in engines))
         results: list[Result] = []
+        outputs: dict[tuple[str, int], list[str]] = {}
         for beam in beams:
             for engine in engines:
                 print(f"[bench] {engine.name} beam={beam} ...", file=sys.stderr, flush=True)
@@ -613,6 +632,7 @@ def main(argv: list[str] | None = None) -> int:
                     )
                     continue
                 r = Result(**out["result"])
+                outputs[(engine.name, beam)] = out["outputs"]
                 if out["outputs"] and refs is not None:
                     r.bleu = bleu(out["outputs"], refs)
                     name = f"{engine.name.replace(' ', '_')}.beam{beam}.txt"
@@ -623,7 +643,7 @@ def main(argv: list[str] | None = None) -> int:
                 )
                 results.append(r)
     results += skipped
-    rat = ratios(results)
+    rat = ratios(results, outputs)
     meta = {
         "model": str(args.model),
         "src": str(args.src),

@@ -36,6 +36,7 @@ def ratio_rows(runs: dict[int, dict[str, Any]]) -> list[dict[str, Any]]:
     rows = []
     for threads, data in sorted(runs.items()):
         by = {(r["engine"], r["beam_size"]): r for r in data["results"] if r["seconds"] > 0}
+        same = {(x["ferry"], x["other"], x["beam_size"]): x.get("identical") for x in data.get("ratios", [])}
         for beam in sorted({r["beam_size"] for r in data["results"]}):
             row: dict[str, Any] = {"threads": threads, "search": "greedy" if beam == 1 else f"beam {beam}"}
             for label, ours, theirs in PAIRS:
@@ -44,9 +45,17 @@ def ratio_rows(runs: dict[int, dict[str, Any]]) -> list[dict[str, Any]]:
                     row[label] = {
                         "cpu": a["tokens_per_cpu_s"] / b["tokens_per_cpu_s"],
                         "wall": a["tokens_per_s"] / b["tokens_per_s"],
+                        "identical": same.get((ours, theirs, beam)),
                     }
             rows.append(row)
     return rows
+
+
+def _cell(pair: dict[str, Any]) -> str:
+    text = f"{pair['cpu']:.2f}× ({pair['wall']:.2f}×)"
+    if pair.get("identical") is not None:
+        text += f", {100 * pair['identical']:.0f}% same"
+    return text
 
 
 def markdown(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
@@ -54,13 +63,14 @@ def markdown(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
     out = [
         f"CPU: {meta['cpu']}; {meta['date']}; command: `{meta['command']}`",
         "",
-        "Ratios of target tokens per CPU second (per wall second in brackets); > 1 means ferry is faster.",
+        "Ratios of target tokens per CPU second (per wall second in brackets); > 1 means ferry is faster; "
+        "% same: sentences both engines translated identically.",
         "",
         "| threads | search | " + " | ".join(labels) + " |",
         "|---:|---|" + "---:|" * len(labels),
     ]
     for r in rows:
-        cells = [f"{r[x]['cpu']:.2f}× ({r[x]['wall']:.2f}×)" if x in r else "" for x in labels]
+        cells = [_cell(r[x]) if x in r else "" for x in labels]
         out.append(f"| {r['threads']} | {r['search']} | " + " | ".join(cells) + " |")
     return "\n".join(out) + "\n"
 
