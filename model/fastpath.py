@@ -302,6 +302,9 @@ def prepare_for_inference(
     ``gemm``: ``auto``/``mkl``/``onednn`` (default: ``$FERRY_GEMM`` or ``auto``). The model must not be
     trained afterwards. Already-quantized models (``quantize_dynamic``) are left to that path."""
     start = time.perf_counter()
+    gemm = gemm or os.environ.get(GEMM_ENV, "auto")
+    if gemm not in ("auto", *BACKENDS):
+        raise ValueError(f"gemm={gemm!r}; allowed: auto, {', '.join(BACKENDS)} (also settable as ${GEMM_ENV})")
     dev = torch.device(device)
     model.eval().requires_grad_(False)
     if os.environ.get(FASTPATH_ENV, "1") == "0":
@@ -324,7 +327,7 @@ def prepare_for_inference(
             if quantize:
                 shapes = quantize_linears(model, engine=os.environ.get(QENGINE_ENV, "auto"))
             else:
-                shapes = pack_linears(model, gemm=gemm or os.environ.get(GEMM_ENV, "auto"))
+                shapes = pack_linears(model, gemm=gemm)
         else:
             shapes = {"all": "cuda"}
     report = FastPathReport(

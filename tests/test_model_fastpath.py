@@ -147,3 +147,24 @@ def test_shared_cross_rows_decode_like_copies(tiny_checkpoint: Path, beam: int) 
             a, b = model.decode_step(tokens, shared), model.decode_step(tokens, copied)
             torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
             tokens = a.argmax(-1)
+
+
+def test_mkl_backend_keeps_one_transposed_copy_of_each_weight(tiny_checkpoint: Path) -> None:
+    _, fast = _pair(tiny_checkpoint, gemm="mkl")
+    out = fast.model.output
+    assert isinstance(out, PackedLinear) and out.backend == "mkl" and out.weight_t is not None
+    assert out.weight_t.is_contiguous() and out.weight_t.shape == (out.in_features, out.out_features)
+    assert out.weight.data_ptr() == out.weight_t.data_ptr()  # the (N, K) buffer is a view, not a copy
+    x = torch.randn(3, out.in_features)
+    torch.testing.assert_close(out(x), x @ out.weight.t(), atol=1e-5, rtol=1e-5)
+
+
+def test_gemm_choice_is_measured_per_shape_and_bad_names_are_refused(tiny_checkpoint: Path) -> None:
+    from ferry.model.fastpath import BACKENDS, measure_gemms
+
+    weights = [(torch.randn(24, 16), torch.randn(24)), (torch.randn(16, 24), None), (torch.randn(24, 16), None)]
+    choice = measure_gemms(weights, rows=(2,), reps=1)
+    assert set(choice) == {(24, 16), (16, 24)} and set(choice.values()) <= set(BACKENDS)
+    loaded = load_model(tiny_checkpoint)
+    with pytest.raises(ValueError, match="gemm='blas'; allowed: auto, onednn, mkl"):
+        prepare_for_inference(loaded.model, gemm="blas")
