@@ -25,7 +25,7 @@ CHECKS = {
         ("He loves trains.", ["Er liebt"]),
     ],
     ("de", "en"): [
-        ("Ein Mann fährt Fahrrad.", ["man", "bike"]),
+        ("Ein Mann fährt Fahrrad.", ["man", "bike|bicycle"]),
         ("Zwei Hunde spielen im Schnee.", ["Two dogs", "snow"]),
         ("Eine Frau sitzt auf einer Bank.", ["woman", "bench"]),
         ("Ich verstehe nicht.", ["I don't understand"]),
@@ -64,8 +64,8 @@ def test_translates_captions_and_everyday_sentences(pair_translator: tuple[tuple
     sources = [s for s, _ in CHECKS[pair]]
     texts = [r.text for r in translator.translate_batch(sources, beam_size=4)]
     for (source, words), text in zip(CHECKS[pair], texts):
-        for word in words:
-            assert word in text, f"{'-'.join(pair)}: {source!r} -> {text!r} lacks {word!r}"
+        for word in words:  # "a|b": either is right
+            assert any(w in text for w in word.split("|")), f"{'-'.join(pair)}: {source!r} -> {text!r} lacks {word!r}"
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
