@@ -47,7 +47,7 @@ protos:
 
 # The issue-16 engine table (ferry vs CTranslate2 vs transformers, 1 and 2 threads): ~25 min on 2 cores.
 bench: install-dev
-	nice -n -15 $(BIN)/python bench/table.py --limit 500 --eager --out bench/results
+	nice -n -15 $(BIN)/python bench/table.py --limit 500 --rounds 2 --eager --out bench/results
 
 clean:
 	rm -rf $(VENV) build *.egg-info .mypy_cache .ruff_cache .pytest_cache

@@ -80,6 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--limit", type=int, default=500)
     p.add_argument("--threads", default="1,2", help="comma-separated thread counts (default 1,2)")
     p.add_argument("--beam-sizes", default="1,4")
+    p.add_argument("--rounds", type=int, default=1, help="runs per engine, best kept (compare.py --rounds)")
     p.add_argument("--eager", action="store_true", help="also run the eager reference path (1 thread)")
     p.add_argument("--out", type=Path, default=compare.REPO / "bench" / "results")
     p.add_argument("--work-dir", type=Path, default=None)
@@ -89,6 +90,7 @@ def main(argv: list[str] | None = None) -> int:
         engines = CPU_ENGINES + ("," + EAGER_ENGINES if args.eager and i == 0 else "")
         out = args.out / f"threads{threads}"
         cmd = ["--limit", str(args.limit), "--threads", str(threads), "--beam-sizes", args.beam_sizes]
+        cmd += ["--rounds", str(args.rounds)]
         cmd += ["--engines", engines, "--out", str(out)]
         if args.work_dir:
             cmd += ["--work-dir", str(args.work_dir)]
