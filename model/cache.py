@@ -313,7 +313,10 @@ class DecoderCache:
                 # (masked, but 0 × NaN is NaN): uninitialised memory there turned outputs into ⁇.
                 self._spare = torch.zeros_like(base)
             out = self._spare
-            torch.index_select(base, 0, torch.tensor(idx, device=base.device), out=out[: len(idx)])
+            # Only the ``width`` positions rows hold: the rest of each row is never read before the
+            # row writes it (stale but finite values there are masked).
+            rows = torch.tensor(idx, device=base.device)
+            torch.index_select(base.narrow(4, 0, width), 0, rows, out=out[: len(idx)].narrow(4, 0, width))
             self._spare = base
             return out
         dst = torch.tensor(moved, device=base.device)
