@@ -84,3 +84,22 @@ def test_prepare_for_inference_on_cuda_converts_dtype(tiny_checkpoint: Path) -> 
     report = prepare_for_inference(loaded.model, device="cuda", dtype=torch.bfloat16)
     assert report.device == "cuda" and report.dtype == "bfloat16"
     assert next(loaded.model.parameters()).dtype == torch.bfloat16
+
+
+@cuda
+def test_serving_engine_on_cuda_replays_graphs_and_gives_in_process_results(
+    tiny_checkpoint: Path, tiny_pairs: list
+) -> None:
+    """The server's step (``Translator.decode_step``) is the graphed one on a GPU; with sentences
+    joining and leaving a running batch each result still equals translating it alone."""
+    from ferry.server.engine import Engine, EngineConfig
+    from ferry.server.requests import DecodeOptions
+
+    t = Translator(tiny_checkpoint, device="cuda")
+    assert isinstance(t.stepper(), GraphedDecoder)
+    sources = [s for s, _ in tiny_pairs[:12]]
+    jobs = [(s, beam) for s in sources for beam in (1, 4)]
+    with Engine(t, EngineConfig(admit_every_steps=1)) as engine:
+        handles = [engine.submit([s], DecodeOptions(beam_size=beam)) for s, beam in jobs]
+        got = [h.future.result(120)[0].text for h in handles]
+    assert got == [t.translate_batch([s], beam_size=beam)[0].text for s, beam in jobs]
