@@ -304,15 +304,30 @@ def run_search(
     searcher: Searcher,
     seq_ids: Sequence[Hashable],
     max_lengths: Sequence[int],
+    *,
+    expand_after_first_step: bool = False,
 ) -> dict[Hashable, list[Hypothesis]]:
     """Decode a fixed set of sequences to completion.
 
-    ``state`` must hold ``searcher.rows_per_seq`` rows per sequence, in ``seq_ids`` order.
+    ``state`` must hold ``searcher.rows_per_seq`` rows per sequence, in ``seq_ids`` order; or, with
+    ``expand_after_first_step``, one row per sequence: all beams of a sequence feed the same start
+    token at the first step, so that step runs once per sequence and its logits and state rows are
+    then copied to every beam (the same results, a beam-size-th of the first step's work).
     """
     for sid, max_len in zip(seq_ids, max_lengths):
         searcher.add(sid, max_len)
     results: dict[Hashable, list[Hypothesis]] = {}
     tokens = searcher.next_tokens
+    k = searcher.rows_per_seq
+    if expand_after_first_step and k > 1 and searcher.num_rows:
+        logits = model.decode_step(tokens[::k], state)  # (N, V): one row per sequence
+        beams = torch.arange(logits.shape[0], device=logits.device).repeat_interleave(k)  # (N*K,)
+        state.select_rows(beams)
+        out = searcher.step(logits.index_select(0, beams))  # (N*K, V): what every beam would compute
+        results.update(out.finished)
+        if searcher.num_rows:
+            apply_step(out, state)
+        tokens = out.tokens
     while searcher.num_rows:
         logits = model.decode_step(tokens, state)
         out = searcher.step(logits)

@@ -255,9 +255,11 @@ class Translator:
         searcher = self.new_searcher(
             options.beam_size, length_penalty=options.length_penalty, n_best=options.num_hypotheses
         )
-        cache = self.encode(rows, copies=searcher.rows_per_seq)
+        cache = self.encode(rows)  # one row per sentence: beams fork after the first step
         limits = [self.output_limit(len(r), options.max_length) for r in rows]
-        found = run_search(self.stepper(), cache, searcher, list(range(len(rows))), limits)
+        found = run_search(
+            self.stepper(), cache, searcher, list(range(len(rows))), limits, expand_after_first_step=True
+        )
         return [found[i] for i in range(len(rows))]
 
 

@@ -140,3 +140,44 @@ def test_beam_1_equals_greedy_on_a_real_model(tiny_checkpoint: Path, tiny_pairs:
     for i in ids:
         assert beam1[i][0].tokens == greedy[i][0].tokens
         assert beam1[i][0].score == pytest.approx(greedy[i][0].score, abs=1e-5)
+
+
+@pytest.mark.parametrize("max_len", [1, 2, 10])
+def test_beams_forked_after_the_first_step_find_the_same_hypotheses(max_len: int) -> None:
+    """``expand_after_first_step``: the first step runs one row per sequence, then every beam gets a
+    copy of its row and logits; hypotheses and scores equal the all-beams-from-the-start search."""
+    want, full = search(BeamSearcher(3, **kwargs(n_best=3)), TABLE, n=2, max_len=max_len)
+    state = FakeState(2)
+    got = run_search(
+        FakeModel(TABLE),
+        state,
+        BeamSearcher(3, **kwargs(n_best=3)),
+        [0, 1],
+        [max_len] * 2,
+        expand_after_first_step=True,
+    )
+    assert got == want
+    assert state.rows_per_step[0] == 2 and full.rows_per_step[0] == 6  # one row per sequence, not per beam
+    assert state.rows_per_step[1:] == full.rows_per_step[1:]
+
+
+def test_translator_beam_search_forks_after_the_first_step(tiny_checkpoint: Path, tiny_pairs: list) -> None:
+    t = Translator(tiny_checkpoint, device="cpu")
+    sources = [s for s, _ in tiny_pairs[:8]]
+    rows_seen: list[int] = []
+    stepper = t.stepper()
+    original = stepper.decode_step
+
+    def spy(tokens: Tensor, cache: object) -> Tensor:
+        rows_seen.append(tokens.numel())
+        return original(tokens, cache)  # type: ignore[arg-type]
+
+    stepper.decode_step = spy  # type: ignore[method-assign]
+    forked = [r.text for r in t.translate_batch(sources, beam_size=4)]
+    del stepper.decode_step  # back to the class's method
+    assert rows_seen[0] == len(sources) and rows_seen[1] == 4 * len(sources)
+    ids = t.tokenizer.encode_source(sources)
+    limits = [t.output_limit(len(r), None) for r in ids]
+    with torch.inference_mode():  # the reference: all beams from the start
+        found = run_search(stepper, t.encode(ids, copies=4), t.new_searcher(4), list(range(len(ids))), limits)
+    assert forked == [t.make_result(found[i], len(ids[i]), False).text for i in range(len(ids))]
