@@ -87,6 +87,15 @@ class PackedLinear(nn.Module):
             self.register_buffer("weight", self.weight_t.t())  # (N, K) view of the same memory
         self.register_buffer("bias", bias.detach().contiguous() if bias is not None else None)
 
+    def _apply(self, fn: Callable[[Tensor], Tensor], recurse: bool = True) -> PackedLinear:
+        """``.to()``/``.double()``…: the ``mkl`` layout follows the moved weight (its transposed copy is
+        not a buffer, so ``Module._apply`` alone would leave it behind)."""
+        super()._apply(fn, recurse)
+        if self.backend == "mkl":
+            self.weight_t = self.weight.t().contiguous()  # (K, N)
+            self.weight = self.weight_t.t()  # (N, K) view again
+        return self
+
     def forward(self, x: Tensor) -> Tensor:
         lead = x.shape[:-1]
         y = gemm_fn(self)(x.reshape(-1, self.in_features))  # (N, M)

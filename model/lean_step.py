@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TypeGuard
 
 import torch
 import torch.nn.functional as F
@@ -41,7 +42,7 @@ def linear_fn(module: nn.Module, *, relu: bool = False) -> Linear:
     if type(module) is nn.Linear:
         weight, bias = module.weight, module.bias
         return lambda x: F.linear(x, weight, bias)
-    if isinstance(module, DynamicLinear) and module._packed_params.dtype == torch.qint8:
+    if _is_int8(module):
         # What DynamicLinear.forward calls, minus the module and Python-dispatch overhead (~10 % of an
         # int8 step); reduce_range follows the module's serialisation version as forward does.
         packed = module._packed_params._packed_params
@@ -55,7 +56,12 @@ def linear_fn(module: nn.Module, *, relu: bool = False) -> Linear:
 
 def fusable_relu(module: nn.Module, activation: Callable[[Tensor], Tensor]) -> bool:
     """Whether ``linear_fn(module, relu=True)`` can fold ``activation`` into the GEMM."""
-    return activation is F.relu and isinstance(module, DynamicLinear) and module._packed_params.dtype == torch.qint8
+    return activation is F.relu and _is_int8(module)
+
+
+def _is_int8(module: nn.Module) -> TypeGuard[DynamicLinear]:
+    """A dynamic int8 Linear (the fast path's ``quantize=True``)."""
+    return isinstance(module, DynamicLinear) and module._packed_params.dtype == torch.qint8
 
 
 def _layer_norm(module: nn.Module) -> Callable[[Tensor], Tensor] | None:

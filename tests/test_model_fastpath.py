@@ -168,3 +168,16 @@ def test_gemm_choice_is_measured_per_shape_and_bad_names_are_refused(tiny_checkp
     loaded = load_model(tiny_checkpoint)
     with pytest.raises(ValueError, match="gemm='blas'; allowed: auto, onednn, mkl"):
         prepare_for_inference(loaded.model, gemm="blas")
+
+
+def test_mkl_layout_follows_a_moved_or_converted_weight(tiny_checkpoint: Path) -> None:
+    import copy
+
+    _, fast = _pair(tiny_checkpoint, gemm="mkl")
+    out = fast.model.output
+    assert isinstance(out, PackedLinear)
+    moved = copy.deepcopy(out).double()  # Module._apply: the transposed copy must follow the buffer
+    assert moved.weight_t is not None and moved.weight_t.dtype == torch.float64
+    assert moved.weight.data_ptr() == moved.weight_t.data_ptr()
+    x = torch.randn(3, out.in_features)
+    torch.testing.assert_close(moved(x.double()).float(), out(x), atol=1e-5, rtol=1e-5)
