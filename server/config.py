@@ -4,6 +4,7 @@ defaults from here without loading a model."""
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -92,9 +93,51 @@ class ServerConfig:
     tls_key: str | Path | None = None
     auth_token: str | None = None
     """Clients must send ``authorization: Bearer <token>`` metadata (health checks excepted)."""
+    engines: int = 0
+    """Engines per model, each decoding its own batch on its own thread over the one copy of the
+    weights; a request goes to the least busy one (``EnginePool``). 0 = one per CPU core (at most
+    ``MAX_AUTO_ENGINES``) on CPU, 1 on a GPU. Under concurrent load this keeps every core busy with
+    whole decode steps; ``engines=1`` with ``threads`` = cores gives one large request all cores."""
+    threads: int = 0
+    """torch intra-op threads the engines share: an engine working alone uses all of them, several
+    busy engines split them evenly; 0 = ``OMP_NUM_THREADS`` when the environment sets it, else the
+    CPU cores."""
 
     def __post_init__(self) -> None:
         if (self.tls_cert is None) != (self.tls_key is None):
             raise ValueError("TLS needs both --tls-cert and --tls-key (PEM files); give both or neither")
+        for name, least in (("engines", 0), ("threads", 0)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < least:
+                raise ValueError(f"{name}={value!r} is out of range; allowed: integers >= {least}")
         if self.drain_timeout < 0:
             raise ValueError(f"drain_timeout={self.drain_timeout} is out of range; allowed: >= 0 seconds")
+
+    def engine_count(self, cores: int, *, gpu: bool) -> int:
+        """Engines per model: ``engines``, or for 0 one per core (at most ``MAX_AUTO_ENGINES``) on
+        CPU and 1 on a GPU."""
+        if self.engines:
+            return self.engines
+        return 1 if gpu else max(1, min(cores, MAX_AUTO_ENGINES))
+
+    def intra_op_threads(self, cores: int, omp_num_threads: str | None = None) -> int:
+        """torch threads in all: ``threads``, else a valid ``OMP_NUM_THREADS`` value (its first level),
+        else ``cores``."""
+        if self.threads:
+            return self.threads
+        first = (omp_num_threads or "").split(",")[0].strip()
+        if first.isdigit() and int(first) > 0:
+            return int(first)
+        return max(1, cores)
+
+
+MAX_AUTO_ENGINES = 8
+"""Most engines per model that ``ServerConfig.engines=0`` picks (each holds its own caches)."""
+
+
+def usable_cores() -> int:
+    """CPU cores this process may run on (its affinity mask, e.g. a container's cpuset)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1

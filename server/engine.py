@@ -102,8 +102,10 @@ class Engine:
     >>> engine.submit(["A cat."], DecodeOptions(beam_size=1)).future.result()[0].text  # doctest: +SKIP
     """
 
-    def __init__(self, backend: Backend, config: EngineConfig | None = None) -> None:
+    def __init__(self, backend: Backend, config: EngineConfig | None = None, *, name: str = "ferry-engine") -> None:
         self.backend = backend
+        self.name = name
+        """The worker thread's name (logs, profilers)."""
         self.config = config = config if config is not None else EngineConfig()
         model_max = backend.max_positions
         if config.max_input_tokens is not None and config.max_input_tokens > model_max:
@@ -114,6 +116,10 @@ class Engine:
         self.max_input_tokens = config.max_input_tokens or model_max
         self.on_step: Callable[[StepEvent], None] | None = None
         """Called in the worker thread after every step (metrics); exceptions are logged, not raised."""
+        self.step_threads: Callable[[], int] | None = None
+        """Called in the worker thread before each iteration: the torch intra-op threads this worker
+        should use now (``EnginePool`` shares the cores among its busy engines); ``None``: leave them."""
+        self._threads = 0
         self._queue = RequestQueue(config.max_queue_sentences)
         self._scheduler = Scheduler(
             Budget(
@@ -141,17 +147,25 @@ class Engine:
             raise RuntimeError("this engine was stopped; create a new Engine")
         if self._thread is not None:
             return
-        self._thread = threading.Thread(target=self._worker, name="ferry-engine", daemon=True)
+        self._thread = threading.Thread(target=self._worker, name=self.name, daemon=True)
         self._thread.start()
         log.info(
             "engine started",
-            extra={"max_batch_tokens": self.config.max_batch_tokens, "max_batch_rows": self.config.max_batch_rows},
+            extra={
+                "engine": self.name,
+                "max_batch_tokens": self.config.max_batch_tokens,
+                "max_batch_rows": self.config.max_batch_rows,
+            },
         )
 
-    def drain(self, timeout: float) -> bool:
-        """Stop admitting new requests (``submit`` raises ``EngineClosedError``) and wait up to
-        ``timeout`` seconds for every accepted request to resolve. True when all did."""
+    def close(self) -> None:
+        """Stop admitting new requests: ``submit`` raises ``EngineClosedError`` from now on."""
         self._queue.close()
+
+    def drain(self, timeout: float) -> bool:
+        """Stop admitting new requests (``close``) and wait up to ``timeout`` seconds for every
+        accepted request to resolve. True when all did."""
+        self.close()
         deadline = time.monotonic() + max(0.0, timeout)
         with self._inflight_cond:
             while self._inflight:
@@ -244,6 +258,10 @@ class Engine:
         log.debug("request %d queued: %d sentences", request.id, len(sentences))
         return handle
 
+    def pending_sentences(self) -> int:
+        """Sentences queued or running (the running count as of the latest step): how busy it is."""
+        return len(self._queue) + self._stats.active_sequences
+
     def stats(self) -> EngineStats:
         with self._inflight_cond:
             inflight = self._inflight
@@ -287,6 +305,11 @@ class Engine:
         may sleep)."""
         now = time.monotonic()
         t0 = time.perf_counter()
+        if self.step_threads is not None:
+            threads = self.step_threads()
+            if threads != self._threads:  # torch keeps this per thread: the other workers are unaffected
+                torch.set_num_threads(threads)
+                self._threads = threads
         decision = self._scheduler.schedule(self._queue, self._runner.sentences(), now)
         self._admitting = decision.admit
         self._execute(decision, now)

@@ -11,6 +11,7 @@ from pathlib import Path
 from ferry.model.options import MAX_BEAM_SIZE, TranslationRequest, UnknownModelError
 
 from .engine import Engine, EngineConfig
+from .pool import EnginePool
 from .requests import RequestHandle
 
 log = logging.getLogger("ferry.server")
@@ -18,13 +19,13 @@ log = logging.getLogger("ferry.server")
 
 @dataclass
 class ServedModel:
-    """One model and its engine, with what clients may know about it."""
+    """One model and its engine (or pool of engines), with what clients may know about it."""
 
     model_id: str
     version: str
     source_language: str
     target_language: str
-    engine: Engine
+    engine: Engine | EnginePool
     device: str
     dtype: str
     max_input_tokens: int
@@ -39,7 +40,7 @@ class ServedModel:
         return f"{self.pair} (model_id {self.model_id!r})"
 
     @classmethod
-    def from_engine(cls, engine: Engine) -> ServedModel:
+    def from_engine(cls, engine: Engine | EnginePool) -> ServedModel:
         """Describe the engine's model (through ``Backend.describe``; int8 models report ``int8``)."""
         info = engine.backend.describe()
         return cls(
@@ -137,8 +138,12 @@ class ModelRegistry:
         device: str = "auto",
         dtype: str | None = None,
         config: EngineConfig | None = None,
+        engines: int = 1,
+        threads: int = 0,
     ) -> ModelRegistry:
-        """Load every model directory, each with an engine (not started yet)."""
+        """Load every model directory, each with an engine (not started yet); ``engines > 1`` (CPU
+        only) gives each model that many engines over its one copy of the weights, sharing ``threads``
+        torch threads (``EnginePool``)."""
         from ferry.model.translator import load_translator
 
         registry = cls()
@@ -149,7 +154,12 @@ class ModelRegistry:
                     "int8 quantizes activations per batch: a sentence's result can depend on what it is "
                     "batched with (docs/serving.md); use float32 where that matters"
                 )
-            model = ServedModel.from_engine(Engine(translator, config))
+            engine = (
+                Engine(translator, config)
+                if engines == 1
+                else EnginePool(translator, config, engines=engines, threads=threads)
+            )
+            model = ServedModel.from_engine(engine)
             registry.add(model)
             log.info("loaded %s from %s on %s/%s", model.describe(), path, model.device, model.dtype)
         return registry

@@ -141,3 +141,13 @@ def test_a_busy_port_is_one_line_and_exit_2(
     assert code == 2, err
     assert "Traceback" not in err and "never awaited" not in err, err
     assert f"127.0.0.1:{port}" in err and "is the port in use?" in err, err
+
+
+@pytest.mark.parametrize(("flag", "value"), [("--engines", "-1"), ("--threads", "-3")])
+def test_bad_engine_counts_are_one_line_and_exit_2(
+    tiny_checkpoint: Path, capsys: pytest.CaptureFixture[str], flag: str, value: str
+) -> None:
+    code = main(["serve", "--model", str(tiny_checkpoint), "--device", "cpu", flag, value])
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err, err
+    assert f"{flag[2:]}={value} is out of range; allowed: integers >= 0" in err, err

@@ -63,6 +63,20 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="float32, float16 or bfloat16 (GPU), int8 (CPU; not batch-invariant) (FERRY_DTYPE)",
     )
     p.add_argument(
+        "--engines",
+        type=int,
+        default=_env("FERRY_ENGINES", ServerConfig.engines),
+        help="engines per model, each decoding its own batch on its own thread; 0 = one per CPU core on CPU, "
+        "1 on a GPU (FERRY_ENGINES; default %(default)s)",
+    )
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=_env("FERRY_THREADS", ServerConfig.threads),
+        help="torch intra-op threads the engines share (one busy engine uses all), 0 = OMP_NUM_THREADS or the "
+        "CPU cores (FERRY_THREADS; default %(default)s)",
+    )
+    p.add_argument(
         "--max-batch-tokens",
         type=int,
         default=_env("FERRY_MAX_BATCH_TOKENS", EngineConfig.max_batch_tokens),
@@ -180,8 +194,10 @@ def model_dirs(args: argparse.Namespace) -> list[Path]:
 def run(args: argparse.Namespace) -> int:
     import asyncio
 
+    import torch
+
     from ferry.server.app import FerryServer, read_token_file, serve
-    from ferry.server.config import RequestLimits, ServerConfig
+    from ferry.server.config import RequestLimits, ServerConfig, usable_cores
     from ferry.server.engine import EngineConfig
     from ferry.server.registry import ModelRegistry
 
@@ -202,6 +218,8 @@ def run(args: argparse.Namespace) -> int:
         tls_cert=args.tls_cert,
         tls_key=args.tls_key,
         auth_token=auth_token,
+        engines=args.engines,
+        threads=args.threads,
     )
     engine_config = EngineConfig(
         max_batch_tokens=args.max_batch_tokens,
@@ -209,7 +227,14 @@ def run(args: argparse.Namespace) -> int:
         max_queue_sentences=args.max_queue,
         max_input_tokens=args.max_input_tokens,
     )
-    registry = ModelRegistry.load(model_dirs(args), device=args.device, dtype=args.dtype, config=engine_config)
+    cores = usable_cores()
+    gpu = args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available())
+    engines = config.engine_count(cores, gpu=gpu)
+    threads = config.intra_op_threads(cores, os.environ.get("OMP_NUM_THREADS"))
+    torch.set_num_threads(max(1, threads // engines))
+    registry = ModelRegistry.load(
+        model_dirs(args), device=args.device, dtype=args.dtype, config=engine_config, engines=engines, threads=threads
+    )
     pairs = ", ".join(m.pair for m in registry)
 
     def ready(server: FerryServer) -> None:
@@ -218,6 +243,10 @@ def run(args: argparse.Namespace) -> int:
         if server.http_port:
             url = f"{'https' if args.tls_cert else 'http'}://{_url_host(args.host)}:{server.http_port}"
             print(f"ferry HTTP API (LibreTranslate-compatible) on {url}; web page: {url}/", file=sys.stderr)
+        print(
+            f"ferry engines: {engines} per model sharing {threads} torch thread(s) (--engines, --threads)",
+            file=sys.stderr,
+        )
         print(f"ferry serving {pairs} on {args.host}:{server.port}", file=sys.stderr, flush=True)
 
     finished = asyncio.run(serve(registry, config, ready))
