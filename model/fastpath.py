@@ -3,10 +3,11 @@
 ``prepare_for_inference`` rewrites a loaded ``Transformer`` in place for decoding only (no training
 afterwards): Q/K/V of self-attention become one Linear, K/V of cross-attention another; every Linear
 the decoder and encoder call becomes a ``PackedLinear`` running on the GEMM library that measured
-fastest on this CPU for its shape (oneDNN with the weight reordered once, or MKL with the weight
-stored transposed), with the feed-forward ReLU fused into the oneDNN call; ``quantize=True`` swaps them for
-per-channel dynamic int8 Linears on the fastest quantized engine. The eager module tree stays the
-reference: an unprepared model runs exactly as before.
+fastest on this CPU for its shape and row count (oneDNN with the weight reordered once, MKL with the
+weight stored transposed, or MKL up to a measured row count and oneDNN above), with the feed-forward
+ReLU fused into the oneDNN call; ``quantize=True`` swaps them for per-channel dynamic int8 Linears on
+the fastest quantized engine. The eager module tree stays the reference: an unprepared model runs
+exactly as before.
 """
 
 from __future__ import annotations
@@ -49,7 +50,8 @@ class FastPathReport:
     quantized: bool
     """Linear weights are int8 (dynamic per-channel quantization)."""
     gemm: dict[str, str]
-    """Per ``NxK`` weight shape: the GEMM backend chosen (``onednn``, ``mkl``, ``int8:<engine>``, ``cuda``)."""
+    """Per ``NxK`` weight shape: the GEMM backend chosen (``onednn``, ``mkl``, ``mkl<=T,onednn`` — MKL
+    for at most ``T`` rows —, ``int8:<engine>``, ``cuda``)."""
     seconds: float
     """Time spent preparing (measurements and packing)."""
 
@@ -65,35 +67,59 @@ class PackedLinear(nn.Module):
     ``onednn``: the weight reordered into oneDNN's blocked format. ``mkl``: the weight stored
     transposed, ``(K, N)`` contiguous, and computed as ``addmm(b, x, W^T)``: MKL's sgemm without a
     transposed operand ran a decode step's GEMMs 20–30 % faster than ``F.linear`` at 1–32 rows
-    (bench/gemm.py). ``activation`` is ``none`` or ``relu`` (the feed-forward's first Linear, fused)."""
+    (bench/gemm.py). ``onednn`` with ``mkl_rows=T > 0`` keeps both layouts and runs inputs of at most
+    ``T`` rows on MKL: on the AVX2 bench machine oneDNN won at 16–256 rows but took 1.7× MKL's time
+    for one row. ``activation`` is ``none`` or ``relu`` (the feed-forward's first Linear, fused)."""
 
-    def __init__(self, weight: Tensor, bias: Tensor | None, *, backend: str, activation: str = "none") -> None:
+    def __init__(
+        self, weight: Tensor, bias: Tensor | None, *, backend: str, activation: str = "none", mkl_rows: int = 0
+    ) -> None:
         super().__init__()
         if backend not in BACKENDS:
             raise ValueError(f"backend={backend!r}; allowed: {', '.join(BACKENDS)}")
         self.backend = backend
         self.activation = activation
+        self.mkl_rows = mkl_rows if backend == "onednn" else 0
+        """Inputs of at most this many rows run on the ``mkl`` layout (``onednn`` backend only)."""
         self.out_features, self.in_features = weight.shape
         # Buffers under the Linear's names: state_dict() of a prepared model still saves as a checkpoint.
         self.weight: Tensor
         self.bias: Tensor | None
         self.packed: Tensor | None = None
         self.weight_t: Tensor | None = None
-        if backend == "onednn":
+        if backend == "onednn" and not self.mkl_rows:
             self.register_buffer("weight", weight.detach().contiguous())
-            self.packed = torch.ops.mkldnn._reorder_linear_weight(self.weight, None)
         else:
-            self.weight_t = weight.detach().t().contiguous()  # (K, N)
-            self.register_buffer("weight", self.weight_t.t())  # (N, K) view of the same memory
+            self.register_buffer("weight", weight.detach().t().contiguous().t())  # (N, K) view of (K, N)
+        self._lay_out()
         self.register_buffer("bias", bias.detach().contiguous() if bias is not None else None)
 
+    def _lay_out(self) -> None:
+        """Derive the backends' layouts from ``weight``: the transposed view, the oneDNN reorder. A
+        dtype oneDNN cannot pack (float64) falls back to ``mkl``."""
+        self.packed = None
+        if self.backend == "onednn":
+            try:
+                self.packed = torch.ops.mkldnn._reorder_linear_weight(self.weight.contiguous(), None)
+            except RuntimeError:
+                self.backend, self.mkl_rows = "mkl", 0
+                self.weight = self.weight.t().contiguous().t()  # (N, K) view of a contiguous (K, N)
+        if self.backend == "mkl" or self.mkl_rows:
+            self.weight_t = self.weight.t()  # (K, N), contiguous
+            assert self.weight_t.is_contiguous()
+
+    @property
+    def layout(self) -> str:
+        """The backend as reported: ``mkl``, ``onednn`` or ``mkl<=T,onednn``."""
+        return f"mkl<={self.mkl_rows},onednn" if self.mkl_rows else self.backend
+
     def _apply(self, fn: Callable[[Tensor], Tensor], recurse: bool = True) -> PackedLinear:
-        """``.to()``/``.double()``…: the ``mkl`` layout follows the moved weight (its transposed copy is
-        not a buffer, so ``Module._apply`` alone would leave it behind)."""
+        """``.to()``/``.double()``…: the layouts follow the moved weight (the transposed view and the
+        oneDNN reorder are not buffers, so ``Module._apply`` alone would leave them behind)."""
         super()._apply(fn, recurse)
-        if self.backend == "mkl":
-            self.weight_t = self.weight.t().contiguous()  # (K, N)
-            self.weight = self.weight_t.t()  # (N, K) view again
+        if self.backend == "mkl" or self.mkl_rows:
+            self.weight = self.weight.t().contiguous().t()  # (N, K) view of a contiguous (K, N)
+        self._lay_out()
         return self
 
     def forward(self, x: Tensor) -> Tensor:
@@ -102,7 +128,7 @@ class PackedLinear(nn.Module):
         return y.view(*lead, self.out_features)  # (..., M)
 
     def extra_repr(self) -> str:
-        return f"{self.in_features}->{self.out_features}, backend={self.backend}, activation={self.activation}"
+        return f"{self.in_features}->{self.out_features}, backend={self.layout}, activation={self.activation}"
 
 
 BACKENDS = ("onednn", "mkl")
@@ -112,47 +138,96 @@ BACKENDS = ("onednn", "mkl")
 def gemm_fn(linear: PackedLinear) -> Callable[[Tensor], Tensor]:
     """A plain function ``(N, K) -> (N, M)`` calling ``linear``'s GEMM op directly (no module call)."""
     bias, act = linear.bias, linear.activation
+    onednn: Callable[[Tensor], Tensor] | None = None
     if linear.packed is not None:
         op, packed = torch.ops.mkldnn._linear_pointwise.default, linear.packed
-        return lambda x: op(x, packed, bias, act, [], "")
+        onednn = lambda x: op(x, packed, bias, act, [], "")  # noqa: E731
+        if not linear.mkl_rows:
+            return onednn
     wt = linear.weight_t
     assert wt is not None
+    mkl: Callable[[Tensor], Tensor]
     if bias is None:
-        return (lambda x: torch.mm(x, wt).relu_()) if act == "relu" else (lambda x: torch.mm(x, wt))
-    if act == "relu":
-        return lambda x: torch.addmm(bias, x, wt).relu_()
-    return lambda x: torch.addmm(bias, x, wt)
+        mkl = (lambda x: torch.mm(x, wt).relu_()) if act == "relu" else (lambda x: torch.mm(x, wt))
+    elif act == "relu":
+        mkl = lambda x: torch.addmm(bias, x, wt).relu_()  # noqa: E731
+    else:
+        mkl = lambda x: torch.addmm(bias, x, wt)  # noqa: E731
+    if onednn is None:
+        return mkl
+    small, big, rows = mkl, onednn, linear.mkl_rows
+    return lambda x: small(x) if x.shape[0] <= rows else big(x)
+
+
+GemmChoice = tuple[str, int]
+"""``(backend, mkl_rows)`` of one weight shape (``PackedLinear``'s arguments)."""
+
+def _rounds(rows: int, reps: int) -> int:
+    """Measured rounds at ``rows``: four times ``reps`` up to 4 rows (short calls: noisy, cheap to
+    repeat), one from 128 rows (long calls: steady, and most of the measuring time)."""
+    return 4 * reps if rows <= 4 else reps if rows < 128 else 1
+
+
+GEMM_ROWS = (1, 4, 16, 64, 256)
+"""Row counts the GEMM choice is measured at: decode steps (1 row to beams × batch) and encoder batches."""
 
 
 def measure_gemms(
-    weights: list[tuple[Tensor, Tensor | None]], rows: tuple[int, ...] = (8, 32), reps: int = 3
-) -> dict[tuple[int, int], str]:
-    """Per ``(N, K)`` weight shape: ``onednn`` or ``mkl``, whichever ran it faster here.
+    weights: list[tuple[Tensor, Tensor | None]], rows: tuple[int, ...] = GEMM_ROWS, reps: int = 3
+) -> dict[tuple[int, int], GemmChoice]:
+    """Per ``(N, K)`` weight shape: ``("mkl", 0)``, ``("onednn", 0)``, or ``("onednn", T)`` (MKL for at
+    most ``T`` rows), whichever ran it fastest here over ``rows``.
 
     The weights run in model order, as a decode step runs them, so each GEMM finds its weight out of
     cache as it does in real decoding (a hot loop over one weight favoured the wrong backend); both
-    backends alternate, and each shape's calls are summed over a few typical row counts."""
+    backends alternate, each shape's calls are summed per round and row count, and the best of
+    ``reps`` rounds counts (more rounds for few rows). oneDNN must win by
+    ``GEMM_MARGIN``. The threshold minimises the summed relative slowdown over the row counts."""
     shapes = {(int(w.shape[0]), int(w.shape[1])) for w, _ in weights}
     if not onednn_available():
-        return dict.fromkeys(shapes, "mkl")
+        return dict.fromkeys(shapes, ("mkl", 0))
     try:
         candidates = {b: [gemm_fn(PackedLinear(w, bias, backend=b)) for w, bias in weights] for b in BACKENDS}
     except RuntimeError:  # oneDNN cannot pack this dtype here
-        return dict.fromkeys(shapes, "mkl")
-    totals: dict[tuple[str, tuple[int, int]], float] = {}
+        return dict.fromkeys(shapes, ("mkl", 0))
+    times: dict[tuple[str, tuple[int, int], int], float] = {}
     with torch.inference_mode():
-        for r in rows:
+        for r in sorted(rows, reverse=True):
             inputs = {k: torch.randn(r, k, dtype=weights[0][0].dtype) for k in {int(w.shape[1]) for w, _ in weights}}
-            for rep in range(reps + 1):  # round 0 warms up (oneDNN creates its primitives)
+            for rep in range(_rounds(r, reps) + 1):  # round 0 warms up (oneDNN creates its primitives)
                 for backend, fns in candidates.items():
+                    this_rep: dict[tuple[str, tuple[int, int], int], float] = {}
                     for (w, _), fn in zip(weights, fns):
                         x = inputs[int(w.shape[1])]
                         start = time.perf_counter()
                         fn(x)
-                        if rep:
-                            key = (backend, (int(w.shape[0]), int(w.shape[1])))
-                            totals[key] = totals.get(key, 0.0) + time.perf_counter() - start
-    return {s: "onednn" if totals[("onednn", s)] * GEMM_MARGIN < totals[("mkl", s)] else "mkl" for s in shapes}
+                        key = (backend, (int(w.shape[0]), int(w.shape[1])), r)
+                        this_rep[key] = this_rep.get(key, 0.0) + time.perf_counter() - start
+                    if rep:  # the best round of each: robust to the odd interruption
+                        for key, t in this_rep.items():
+                            times[key] = min(times.get(key, t), t)
+    return {s: _threshold(s, rows, times) for s in shapes}
+
+
+def _threshold(
+    shape: tuple[int, int], rows: tuple[int, ...], times: dict[tuple[str, tuple[int, int], int], float]
+) -> GemmChoice:
+    """MKL up to a cut between two measured row counts, oneDNN above: the cut with the least summed
+    slowdown against the faster backend at each row count (oneDNN's times weighted by the margin)."""
+    ordered = sorted(rows)
+    mkl = [times[("mkl", shape, r)] for r in ordered]
+    dnn = [times[("onednn", shape, r)] * GEMM_MARGIN for r in ordered]
+    best_cut, best_cost = len(ordered), float("inf")
+    for cut in range(len(ordered), -1, -1):  # rows ordered[:cut] on MKL; ties favour MKL
+        cost = sum((mkl[i] if i < cut else dnn[i]) / min(mkl[i], dnn[i]) for i in range(len(ordered)))
+        if cost < best_cost - 1e-9:
+            best_cut, best_cost = cut, cost
+    if best_cut == len(ordered):
+        return ("mkl", 0)
+    if best_cut == 0:
+        return ("onednn", 0)
+    below, above = ordered[best_cut - 1], ordered[best_cut]
+    return ("onednn", int((below * above) ** 0.5))
 
 
 def _median_us(fn: Callable[[], object], reps: int) -> float:
@@ -264,19 +339,23 @@ def fused_activation(x: Tensor) -> Tensor:
 def pack_linears(model: Transformer, *, gemm: str = "auto") -> dict[str, str]:
     """Replace every inference Linear by a ``PackedLinear`` on the chosen (or measured) backend."""
     linears = list(_inference_linears(model))
+    choice: dict[tuple[int, int], GemmChoice]
     if gemm == "auto":
         choice = measure_gemms([(lin.weight.detach(), lin.bias) for _, _, lin, _ in linears])
     else:
         if gemm not in BACKENDS:
             raise ValueError(f"gemm={gemm!r}; allowed: auto, {', '.join(BACKENDS)}")
         backend = gemm if gemm == "mkl" or onednn_available() else "mkl"
-        choice = {(lin.out_features, lin.in_features): backend for _, _, lin, _ in linears}
+        choice = {(lin.out_features, lin.in_features): (backend, 0) for _, _, lin, _ in linears}
+    packed: dict[str, str] = {}
     for parent, attr, lin, act in linears:
-        backend = choice[(lin.out_features, lin.in_features)]
-        _set(parent, attr, PackedLinear(lin.weight, lin.bias, backend=backend, activation=act))
+        backend, mkl_rows = choice[(lin.out_features, lin.in_features)]
+        new = PackedLinear(lin.weight, lin.bias, backend=backend, activation=act, mkl_rows=mkl_rows)
+        _set(parent, attr, new)
+        packed[f"{lin.out_features}x{lin.in_features}"] = new.layout
         if act == "relu":
             parent.activation = fused_activation  # type: ignore[assignment]  # fused into fc1
-    return {f"{n}x{k}": b for (n, k), b in choice.items()}
+    return packed
 
 
 def quantize_linears(model: Transformer, *, engine: str = "auto") -> dict[str, str]:

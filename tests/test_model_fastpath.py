@@ -163,11 +163,50 @@ def test_gemm_choice_is_measured_per_shape_and_bad_names_are_refused(tiny_checkp
     from ferry.model.fastpath import BACKENDS, measure_gemms
 
     weights = [(torch.randn(24, 16), torch.randn(24)), (torch.randn(16, 24), None), (torch.randn(24, 16), None)]
-    choice = measure_gemms(weights, rows=(2,), reps=1)
-    assert set(choice) == {(24, 16), (16, 24)} and set(choice.values()) <= set(BACKENDS)
+    choice = measure_gemms(weights, rows=(1, 8), reps=1)
+    assert set(choice) == {(24, 16), (16, 24)}
+    for backend, mkl_rows in choice.values():
+        assert backend in BACKENDS and (mkl_rows == 0 or (backend == "onednn" and 1 <= mkl_rows < 8))
     loaded = load_model(tiny_checkpoint)
     with pytest.raises(ValueError, match="gemm='blas'; allowed: auto, onednn, mkl"):
         prepare_for_inference(loaded.model, gemm="blas")
+
+
+def test_gemm_threshold_follows_the_measured_times() -> None:
+    from ferry.model.fastpath import _threshold
+
+    shape, rows = (8, 8), (1, 4, 16, 64)
+
+    def times(mkl: list[float], dnn: list[float]) -> dict[tuple[str, tuple[int, int], int], float]:
+        return {
+            **{("mkl", shape, r): t for r, t in zip(rows, mkl)},
+            **{("onednn", shape, r): t for r, t in zip(rows, dnn)},
+        }
+
+    assert _threshold(shape, rows, times([1, 2, 3, 4], [2, 3, 4, 5])) == ("mkl", 0)
+    assert _threshold(shape, rows, times([2, 3, 4, 5], [1, 2, 3, 4])) == ("onednn", 0)
+    assert _threshold(shape, rows, times([1, 2, 8, 16], [2, 4, 4, 8])) == ("onednn", 8)  # cut between 4 and 16
+    assert _threshold(shape, rows, times([1, 2, 3, 4], [1.5, 1.0, 3, 4])) == ("onednn", 2)  # one win is enough
+    assert _threshold(shape, rows, times([1, 2, 3, 4], [1, 2, 3, 3.8])) == ("mkl", 0)  # within the margin
+
+
+@pytest.mark.skipif(not onednn_available(), reason="needs oneDNN")
+def test_row_split_linear_runs_each_backend_on_its_rows() -> None:
+    weight, bias = torch.randn(40, 24), torch.randn(40)
+    split = PackedLinear(weight, bias, backend="onednn", activation="relu", mkl_rows=3)
+    mkl = PackedLinear(weight, bias, backend="mkl", activation="relu")
+    dnn = PackedLinear(weight, bias, backend="onednn", activation="relu")
+    assert split.layout == "mkl<=3,onednn" and split.packed is not None and split.weight_t is not None
+    assert split.weight.data_ptr() == split.weight_t.data_ptr()  # one float copy besides oneDNN's
+    for rows, twin in ((1, mkl), (3, mkl), (4, dnn), (33, dnn)):
+        x = torch.randn(rows, 24)
+        assert torch.equal(split(x), twin(x)), rows
+        torch.testing.assert_close(split(x), torch.relu(x @ weight.t() + bias), atol=1e-5, rtol=1e-5)
+    moved = split.double()  # the layouts follow a converted weight; oneDNN cannot pack float64: MKL
+    assert moved.layout == "mkl" and moved.weight_t is not None and moved.weight_t.dtype == torch.float64
+    for rows in (2, 9):
+        x = torch.randn(rows, 24, dtype=torch.float64)
+        torch.testing.assert_close(moved(x), torch.relu(x @ moved.weight.t() + moved.bias), atol=1e-9, rtol=1e-9)
 
 
 def test_mkl_layout_follows_a_moved_or_converted_weight(tiny_checkpoint: Path) -> None:
