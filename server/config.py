@@ -135,9 +135,18 @@ MAX_AUTO_ENGINES = 8
 """Most engines per model that ``ServerConfig.engines=0`` picks (each holds its own caches)."""
 
 
-def usable_cores() -> int:
-    """CPU cores this process may run on (its affinity mask, e.g. a container's cpuset)."""
+def usable_cores(cgroup_cpu_max: str | os.PathLike[str] = "/sys/fs/cgroup/cpu.max") -> int:
+    """CPU cores this process may use: its affinity mask (a cpuset), capped by a cgroup v2 CPU quota
+    (``docker run --cpus 2`` keeps every host core in the mask but allows two cores' worth of time)."""
     try:
-        return len(os.sched_getaffinity(0))
+        cores = len(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
+        cores = os.cpu_count() or 1
+    try:
+        with open(cgroup_cpu_max) as f:
+            quota, period = f.read().split()[:2]
+    except (OSError, ValueError):
+        return cores
+    if quota == "max" or not quota.isdigit() or not period.isdigit() or int(period) == 0:
+        return cores
+    return max(1, min(cores, -(-int(quota) // int(period))))

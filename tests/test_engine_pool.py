@@ -13,7 +13,7 @@ import torch
 from fake_backend import HookedBackend
 from ferry.model.options import DecodeOptions, EngineClosedError, TranslationRequest
 from ferry.model.translator import Translator
-from ferry.server.config import MAX_AUTO_ENGINES, ServerConfig
+from ferry.server.config import MAX_AUTO_ENGINES, ServerConfig, usable_cores
 from ferry.server.engine import Engine, StepEvent
 from ferry.server.pool import EnginePool
 from ferry.server.registry import ModelRegistry
@@ -181,3 +181,12 @@ def test_server_config_picks_engines_and_threads() -> None:
     for bad in ({"engines": -1}, {"threads": -2}, {"engines": True}):
         with pytest.raises(ValueError, match="is out of range; allowed: integers >= 0"):
             ServerConfig(**bad)
+
+
+def test_usable_cores_follow_a_cgroup_cpu_quota(tmp_path: Path) -> None:
+    mask = usable_cores(tmp_path / "absent")
+    assert mask >= 1
+    quota = tmp_path / "cpu.max"
+    for text, want in (("max 100000\n", mask), ("150000 100000\n", min(mask, 2)), ("50000 100000", 1), ("junk", mask)):
+        quota.write_text(text)
+        assert usable_cores(quota) == want, text

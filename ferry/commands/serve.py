@@ -92,7 +92,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--max-queue",
         type=int,
         default=_env("FERRY_MAX_QUEUE", EngineConfig.max_queue_sentences),
-        help="most sentences waiting per model; more gets RESOURCE_EXHAUSTED (FERRY_MAX_QUEUE; default %(default)s)",
+        help="most sentences waiting per engine; more gets RESOURCE_EXHAUSTED (FERRY_MAX_QUEUE; default %(default)s)",
     )
     p.add_argument(
         "--max-input-tokens",
