@@ -162,6 +162,7 @@ def gemm_fn(linear: PackedLinear) -> Callable[[Tensor], Tensor]:
 GemmChoice = tuple[str, int]
 """``(backend, mkl_rows)`` of one weight shape (``PackedLinear``'s arguments)."""
 
+
 def _rounds(rows: int, reps: int) -> int:
     """Measured rounds at ``rows``: four times ``reps`` up to 4 rows (short calls: noisy, cheap to
     repeat), one from 128 rows (long calls: steady, and most of the measuring time)."""
@@ -336,12 +337,24 @@ def fused_activation(x: Tensor) -> Tensor:
     return x
 
 
+_MEASURED: dict[object, dict[tuple[int, int], GemmChoice]] = {}
+"""``measure_gemms`` results of this process by weight shapes (in model order), dtype and threads."""
+
+
 def pack_linears(model: Transformer, *, gemm: str = "auto") -> dict[str, str]:
     """Replace every inference Linear by a ``PackedLinear`` on the chosen (or measured) backend."""
     linears = list(_inference_linears(model))
     choice: dict[tuple[int, int], GemmChoice]
     if gemm == "auto":
-        choice = measure_gemms([(lin.weight.detach(), lin.bias) for _, _, lin, _ in linears])
+        weights: list[tuple[Tensor, Tensor | None]] = [(lin.weight.detach(), lin.bias) for _, _, lin, _ in linears]
+        key = (
+            tuple((tuple(w.shape), b is not None) for w, b in weights),
+            weights[0][0].dtype,
+            torch.get_num_threads(),
+        )
+        if key not in _MEASURED:  # a second model of the same shapes (the other direction) reuses it
+            _MEASURED[key] = measure_gemms(weights)
+        choice = _MEASURED[key]
     else:
         if gemm not in BACKENDS:
             raise ValueError(f"gemm={gemm!r}; allowed: auto, {', '.join(BACKENDS)}")
