@@ -13,6 +13,7 @@ from .cache import DecoderCache
 from .checkpoint import CheckpointInfo
 from .fastpath import prepare_for_inference
 from .graph_step import GraphedDecoder, decode_stepper
+from .lean_encoder import LeanEncoder, lean_encoder
 from .lean_step import LeanDecoder
 from .loading import LoadedModel, load_model
 from .options import (
@@ -99,6 +100,7 @@ class Translator:
         self.tokenizer: Tokenizer = loaded.tokenizer
         self.info: CheckpointInfo = loaded.info
         self._stepper: Transformer | GraphedDecoder | LeanDecoder | None = None  # built on first search
+        self._packed_encoder: LeanEncoder | bool | None = False  # False: not looked at yet
 
     @classmethod
     def from_parts(cls, model: Transformer, tokenizer: Tokenizer, info: CheckpointInfo | None = None) -> Translator:
@@ -140,8 +142,13 @@ class Translator:
         src = torch.full((len(rows), int(lengths.max())), self.model.cfg.pad_id, dtype=torch.long)
         for i, r in enumerate(rows):
             src[i, : len(r)] = torch.tensor(r, dtype=torch.long)  # (B, S) padded
-        enc = self.model.encode(src.to(self.device), lengths.to(self.device))
-        cache = self.model.init_cache(enc, capacity=16)
+        packed = self.packed_encoder()
+        if packed is not None:  # CPU fast path: no work on padding
+            cross_k, cross_v = packed.encode(src, lengths)
+            cache = DecoderCache(cross_k, cross_v, lengths, capacity=16)
+        else:
+            enc = self.model.encode(src.to(self.device), lengths.to(self.device))
+            cache = self.model.init_cache(enc, capacity=16)
         if copies > 1:
             cache.select_rows(torch.arange(len(rows), device=self.device).repeat_interleave(copies))
         return cache
@@ -152,6 +159,13 @@ class Translator:
     def decode_step(self, tokens: torch.Tensor, cache: DecoderCache) -> torch.Tensor:
         """The serving engine's step: the same fast path as ``translate_batch`` (``stepper``)."""
         return self.stepper().decode_step(tokens, cache)  # (R, V)
+
+    def packed_encoder(self) -> LeanEncoder | None:
+        """The encoder over packed tokens on a prepared CPU model (``model/lean_encoder.py``), else
+        ``None`` (``Transformer.encode`` then ``init_cache``)."""
+        if self._packed_encoder is False:
+            self._packed_encoder = lean_encoder(self.model)
+        return self._packed_encoder if isinstance(self._packed_encoder, LeanEncoder) else None
 
     def stepper(self) -> Transformer | GraphedDecoder | LeanDecoder:
         """What the search calls ``decode_step`` on: CUDA-graph replay on a GPU; on CPU the lean

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -12,7 +13,28 @@ from ferry.model.transformer import Transformer
 
 def test_cross_attention_kv_computed_once_per_sequence(tiny_checkpoint: Path) -> None:
     t = Translator(tiny_checkpoint, device="cpu")
+    texts = ["red cat runs", "a big dog sleeps", "tree"]
+    source_tokens = sum(len(ids) for ids in t.tokenize(texts))
+    # The packed encoder (CPU fast path) projects the real source tokens, once per layer.
+    packed = t.packed_encoder()
+    assert packed is not None
     rows_seen: list[int] = []
+
+    def recording(fn: Callable[[torch.Tensor], torch.Tensor]) -> Callable[[torch.Tensor], torch.Tensor]:
+        def call(x: torch.Tensor) -> torch.Tensor:
+            rows_seen.append(x.shape[0])
+            return fn(x)
+
+        return call
+
+    packed.cross_kv = [recording(fn) for fn in packed.cross_kv]
+    for beam in (1, 4):
+        rows_seen.clear()
+        t.translate_batch(texts, beam_size=beam)
+        # One projection per layer over the source tokens, never per step or per beam.
+        assert rows_seen == [source_tokens] * len(t.model.decoder_layers)
+    # The module path: one projection per layer over the 3 padded encoder rows.
+    t._packed_encoder = None
     hooks = [
         (layer.cross_attn.kv_proj or layer.cross_attn.k_proj).register_forward_hook(
             lambda m, i, o: rows_seen.append(o.shape[0])
@@ -22,8 +44,7 @@ def test_cross_attention_kv_computed_once_per_sequence(tiny_checkpoint: Path) ->
     try:
         for beam in (1, 4):
             rows_seen.clear()
-            t.translate_batch(["red cat runs", "a big dog sleeps", "tree"], beam_size=beam)
-            # One projection per layer over the 3 encoder rows, never per step or per beam.
+            t.translate_batch(texts, beam_size=beam)
             assert rows_seen == [3] * len(t.model.decoder_layers)
     finally:
         for h in hooks:

@@ -1,0 +1,141 @@
+"""The encoder over packed tokens: a batch's padding is never multiplied.
+
+``Transformer.encode`` runs every Linear, layer norm and feed-forward on the padded ``(B, S, d)``
+batch, so a batch of one long and many short sentences spends most of its GEMM time on padding (a
+sorted Multi30k batch of 32 carries ~17 % padding; the serving engine admits sentences of any lengths
+together). ``LeanEncoder`` keeps the ``T`` real tokens as one ``(T, d)`` matrix: every position-wise
+operation (Q/K/V, output projection, feed-forward, norms, the decoder's cross-attention K/V) runs on
+``T`` rows only, and only attention sees the padded layout (scattered in, gathered back out). Its
+K/V equal the module path's on every real position (tests; within GEMM rounding, since a GEMM of other
+rows may block its sums differently); padding positions hold zeros, which the cross mask hides.
+
+It reads the weights of a model ``prepare_for_inference`` rewrote (fused Q/K/V and cross K/V), as
+``LeanDecoder`` does, and returns what ``DecoderCache`` is built from.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .attention import Attention, padding_mask
+from .fastpath import fused_activation
+from .layers import EncoderLayer
+from .lean_step import Linear, _layer_norm, fusable_relu, linear_fn
+from .transformer import Transformer
+
+
+@dataclass(frozen=True)
+class _EncoderLayerFns:
+    """One encoder layer's weights as functions."""
+
+    self_norm: Callable[[Tensor], Tensor]
+    qkv: Linear
+    self_out: Linear
+    ffn_norm: Callable[[Tensor], Tensor]
+    fc1: Linear
+    activation: Callable[[Tensor], Tensor] | None
+    """Applied after ``fc1`` unless the fast path fused it into the GEMM (``None``)."""
+    fc2: Linear
+
+
+class LeanEncoder:
+    """``encode`` of a prepared ``Transformer`` on packed tokens (module docstring)."""
+
+    def __init__(self, model: Transformer) -> None:
+        cfg = model.cfg
+        self.pre = cfg.norm_position == "pre"
+        self.heads, self.kv_heads, self.head_dim = cfg.n_heads, cfg.kv_heads, cfg.head_dim
+        self.gqa = cfg.kv_heads != cfg.n_heads
+        self.max_positions = cfg.max_positions
+        self.embed: Tensor = model.src_embed.weight
+        self.embed_scale = model.embed_scale
+        self.positions: Tensor = model.src_positions.table
+        self.final_norm = _layer_norm(model.encoder_norm)
+        self.layers = [self._layer(layer) for layer in model.encoder_layers]  # type: ignore[arg-type]
+        self.cross_kv = [linear_fn(layer.cross_attn.kv_proj) for layer in model.decoder_layers]  # type: ignore[union-attr, arg-type]
+
+    @staticmethod
+    def supports(model: Transformer) -> bool:
+        """Whether ``model`` has the fused projections ``prepare_for_inference`` adds."""
+        return all(layer.self_attn.qkv_proj is not None for layer in model.encoder_layers) and all(  # type: ignore[union-attr]
+            layer.cross_attn.kv_proj is not None  # type: ignore[union-attr]
+            for layer in model.decoder_layers
+        )
+
+    def _layer(self, layer: EncoderLayer) -> _EncoderLayerFns:
+        attn: Attention = layer.self_attn
+        if attn.qkv_proj is None:
+            raise ValueError("LeanEncoder needs a model rewritten by prepare_for_inference (fused Q/K/V)")
+        activation = layer.ffn.activation
+        fold_relu = fusable_relu(layer.ffn.fc1, activation)
+
+        def norm(res: nn.Module) -> Callable[[Tensor], Tensor]:
+            fn = _layer_norm(res.norm)  # type: ignore[arg-type]
+            assert fn is not None
+            return fn
+
+        return _EncoderLayerFns(
+            self_norm=norm(layer.self_attn_res),
+            qkv=linear_fn(attn.qkv_proj),
+            self_out=linear_fn(attn.out_proj),
+            ffn_norm=norm(layer.ffn_res),
+            fc1=linear_fn(layer.ffn.fc1, relu=fold_relu),
+            activation=None if activation is fused_activation or fold_relu else activation,
+            fc2=linear_fn(layer.ffn.fc2),
+        )
+
+    def encode(self, src_ids: Tensor, lengths: Tensor) -> tuple[list[Tensor], list[Tensor]]:
+        """src_ids (B, S) padded, lengths (B,) -> every decoder layer's cross-attention K and V,
+        (B, Hkv, S, D) each, zeros past each row's length."""
+        b, s = src_ids.shape
+        if s > self.max_positions:
+            raise ValueError(f"source of {s} tokens exceeds max_positions={self.max_positions}")
+        h, hkv, d = self.heads, self.kv_heads, self.head_dim
+        pre = self.pre
+        mask = padding_mask(lengths, s)  # (B, 1, 1, S)
+        real = mask.reshape(b * s).nonzero().squeeze(1)  # (T,) flat (row, position) index of real tokens
+        x = F.embedding(src_ids.reshape(b * s).index_select(0, real), self.embed) * self.embed_scale
+        x = x + self.positions.index_select(0, real % s)  # (T, d)
+        for w in self.layers:
+            y = w.self_norm(x) if pre else x
+            qkv = _unpack(w.qkv(y), real, b, s)  # (B, S, (H + 2 Hkv) D)
+            q = qkv[..., : h * d].view(b, s, h, d).transpose(1, 2)  # (B, H, S, D)
+            k = qkv[..., h * d : (h + hkv) * d].view(b, s, hkv, d).transpose(1, 2)  # (B, Hkv, S, D)
+            v = qkv[..., (h + hkv) * d :].view(b, s, hkv, d).transpose(1, 2)  # (B, Hkv, S, D)
+            a = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=self.gqa)  # (B, H, S, D)
+            a = a.transpose(1, 2).reshape(b * s, h * d).index_select(0, real)  # (T, H D)
+            x = x + w.self_out(a)  # (T, d)
+            if not pre:
+                x = w.self_norm(x)
+            y = w.ffn_norm(x) if pre else x
+            y = w.fc1(y)  # (T, F)
+            if w.activation is not None:
+                y = w.activation(y)
+            x = x + w.fc2(y)  # (T, d)
+            if not pre:
+                x = w.ffn_norm(x)
+        if self.final_norm is not None:
+            x = self.final_norm(x)
+        cross_k, cross_v = [], []
+        for kv_proj in self.cross_kv:
+            kv = _unpack(kv_proj(x), real, b, s).view(b, s, 2, hkv, d)  # (B, S, 2, Hkv, D)
+            cross_k.append(kv[:, :, 0].transpose(1, 2))  # (B, Hkv, S, D)
+            cross_v.append(kv[:, :, 1].transpose(1, 2))  # (B, Hkv, S, D)
+        return cross_k, cross_v
+
+
+def _unpack(packed: Tensor, real: Tensor, b: int, s: int) -> Tensor:
+    """(T, C) rows of the real tokens -> (B, S, C), zeros on padding."""
+    out = packed.new_zeros(b * s, packed.shape[1])  # (B S, C)
+    return out.index_copy_(0, real, packed).view(b, s, packed.shape[1])  # (B, S, C)
+
+
+def lean_encoder(model: Transformer) -> LeanEncoder | None:
+    """A ``LeanEncoder`` for a prepared CPU model, else ``None`` (use ``Transformer.encode``)."""
+    if next(model.parameters()).device.type != "cpu" or not LeanEncoder.supports(model):
+        return None
+    return LeanEncoder(model)
