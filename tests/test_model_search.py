@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 from ferry.model import Translator
-from ferry.model.search import BeamSearcher, GreedySearcher, run_search
+from ferry.model.search import BeamSearcher, GreedySearcher, best_candidates, run_search
 from torch import Tensor
 
 EOS, START, PAD = 0, 1, 2
@@ -181,3 +181,17 @@ def test_translator_beam_search_forks_after_the_first_step(tiny_checkpoint: Path
     with torch.inference_mode():  # the reference: all beams from the start
         found = run_search(stepper, t.encode(ids, copies=4), t.new_searcher(4), list(range(len(ids))), limits)
     assert forked == [t.make_result(found[i], len(ids[i]), False).text for i in range(len(ids))]
+
+
+@pytest.mark.parametrize(("n", "k", "vocab"), [(3, 4, 50), (2, 4, 6), (1, 1, 5), (5, 3, 2), (4, 2, 1000)])
+def test_best_candidates_equal_one_top_k_over_every_beam(n: int, k: int, vocab: int) -> None:
+    gen = torch.Generator().manual_seed(n * 100 + k * 10 + vocab)
+    logp = torch.log_softmax(torch.randn(n * k, vocab, generator=gen), dim=-1)  # (N*K, V)
+    logp[:, 0] = -math.inf  # a banned token
+    sums = torch.randn(n * k, generator=gen)
+    sums[k - 1] = -math.inf  # a dead beam
+    want_scores, want_idx = (sums[:, None] + logp).view(n, k * vocab).topk(min(2 * k, k * vocab), dim=1)
+    scores, idx = best_candidates(logp, sums, n, k)
+    assert torch.equal(scores, want_scores)
+    finite = want_scores > -math.inf  # the order of -inf candidates is arbitrary
+    assert torch.equal(idx[finite], want_idx[finite])
