@@ -19,12 +19,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
 from .attention import Attention, padding_mask
-from .fastpath import fused_activation
 from .layers import EncoderLayer
-from .lean_step import Linear, _layer_norm, fusable_relu, linear_fn
+from .lean_step import FeedForwardBlock, Linear, _layer_norm, linear_fn, residual_norm
 from .transformer import Transformer
 
 
@@ -35,11 +34,7 @@ class _EncoderLayerFns:
     self_norm: Callable[[Tensor], Tensor]
     qkv: Linear
     self_out: Linear
-    ffn_norm: Callable[[Tensor], Tensor]
-    fc1: Linear
-    activation: Callable[[Tensor], Tensor] | None
-    """Applied after ``fc1`` unless the fast path fused it into the GEMM (``None``)."""
-    fc2: Linear
+    ffn: FeedForwardBlock
 
 
 class LeanEncoder:
@@ -70,22 +65,11 @@ class LeanEncoder:
         attn: Attention = layer.self_attn
         if attn.qkv_proj is None:
             raise ValueError("LeanEncoder needs a model rewritten by prepare_for_inference (fused Q/K/V)")
-        activation = layer.ffn.activation
-        fold_relu = fusable_relu(layer.ffn.fc1, activation)
-
-        def norm(res: nn.Module) -> Callable[[Tensor], Tensor]:
-            fn = _layer_norm(res.norm)  # type: ignore[arg-type]
-            assert fn is not None
-            return fn
-
         return _EncoderLayerFns(
-            self_norm=norm(layer.self_attn_res),
+            self_norm=residual_norm(layer.self_attn_res),
             qkv=linear_fn(attn.qkv_proj),
             self_out=linear_fn(attn.out_proj),
-            ffn_norm=norm(layer.ffn_res),
-            fc1=linear_fn(layer.ffn.fc1, relu=fold_relu),
-            activation=None if activation is fused_activation or fold_relu else activation,
-            fc2=linear_fn(layer.ffn.fc2),
+            ffn=FeedForwardBlock.of(layer, pre=self.pre),
         )
 
     def encode(self, src_ids: Tensor, lengths: Tensor) -> tuple[list[Tensor], list[Tensor]]:
@@ -111,13 +95,7 @@ class LeanEncoder:
             x = x + w.self_out(a)  # (T, d)
             if not pre:
                 x = w.self_norm(x)
-            y = w.ffn_norm(x) if pre else x
-            y = w.fc1(y)  # (T, F)
-            if w.activation is not None:
-                y = w.activation(y)
-            x = x + w.fc2(y)  # (T, d)
-            if not pre:
-                x = w.ffn_norm(x)
+            x = w.ffn(x)  # feed-forward, (T, d)
         if self.final_norm is not None:
             x = self.final_norm(x)
         cross_k, cross_v = [], []

@@ -26,7 +26,7 @@ from torch.ao.nn.quantized.dynamic import Linear as DynamicLinear
 from .attention import Attention
 from .cache import DecoderCache
 from .fastpath import PackedLinear, fused_activation, gemm_fn
-from .layers import DecoderLayer
+from .layers import DecoderLayer, EncoderLayer
 from .transformer import Transformer
 
 Linear = Callable[[Tensor], Tensor]
@@ -74,6 +74,46 @@ def _layer_norm(module: nn.Module) -> Callable[[Tensor], Tensor] | None:
     return lambda x: F.layer_norm(x, shape, weight, bias, eps)
 
 
+def residual_norm(res: nn.Module) -> Callable[[Tensor], Tensor]:
+    """The layer norm of a ``_Residual`` block as a function."""
+    fn = _layer_norm(res.norm)  # type: ignore[arg-type]
+    assert fn is not None
+    return fn
+
+
+@dataclass(frozen=True)
+class FeedForwardBlock:
+    """A layer's feed-forward sub-block on 2-D activations ``(N, d)``, residual and norm included."""
+
+    pre: bool
+    """Pre-norm (``x + f(norm(x))``) or post-norm (``norm(x + f(x))``)."""
+    norm: Callable[[Tensor], Tensor]
+    fc1: Linear
+    activation: Callable[[Tensor], Tensor] | None
+    """Applied after ``fc1`` unless the fast path fused it into the GEMM (``None``)."""
+    fc2: Linear
+
+    @classmethod
+    def of(cls, layer: EncoderLayer | DecoderLayer, *, pre: bool) -> FeedForwardBlock:
+        activation = layer.ffn.activation
+        fold_relu = fusable_relu(layer.ffn.fc1, activation)
+        return cls(
+            pre=pre,
+            norm=residual_norm(layer.ffn_res),
+            fc1=linear_fn(layer.ffn.fc1, relu=fold_relu),
+            activation=None if activation is fused_activation or fold_relu else activation,
+            fc2=linear_fn(layer.ffn.fc2),
+        )
+
+    def __call__(self, x: Tensor) -> Tensor:
+        y = self.norm(x) if self.pre else x
+        y = self.fc1(y)  # (N, F)
+        if self.activation is not None:
+            y = self.activation(y)
+        x = x + self.fc2(y)  # (N, d)
+        return x if self.pre else self.norm(x)
+
+
 @dataclass(frozen=True)
 class _Layer:
     """One decoder layer's weights as functions."""
@@ -84,11 +124,7 @@ class _Layer:
     cross_norm: Callable[[Tensor], Tensor]
     cross_q: Linear
     cross_out: Linear
-    ffn_norm: Callable[[Tensor], Tensor]
-    fc1: Linear
-    activation: Callable[[Tensor], Tensor] | None
-    """Applied after ``fc1`` unless the fast path fused it into the GEMM (``None``)."""
-    fc2: Linear
+    ffn: FeedForwardBlock
 
 
 class LeanDecoder:
@@ -122,25 +158,15 @@ class LeanDecoder:
         cross: Attention = layer.cross_attn
         if self_attn.qkv_proj is None:
             raise ValueError("LeanDecoder needs a model rewritten by prepare_for_inference (fused Q/K/V)")
-        activation = layer.ffn.activation
-        fold_relu = fusable_relu(layer.ffn.fc1, activation)
-
-        def norm(res: nn.Module) -> Callable[[Tensor], Tensor]:
-            fn = _layer_norm(res.norm)  # type: ignore[arg-type]
-            assert fn is not None
-            return fn
 
         return _Layer(
-            self_norm=norm(layer.self_attn_res),
+            self_norm=residual_norm(layer.self_attn_res),
             qkv=linear_fn(self_attn.qkv_proj),
             self_out=linear_fn(self_attn.out_proj),
-            cross_norm=norm(layer.cross_attn_res),
+            cross_norm=residual_norm(layer.cross_attn_res),
             cross_q=linear_fn(cross.q_proj),
             cross_out=linear_fn(cross.out_proj),
-            ffn_norm=norm(layer.ffn_res),
-            fc1=linear_fn(layer.ffn.fc1, relu=fold_relu),
-            activation=None if activation is fused_activation or fold_relu else activation,
-            fc2=linear_fn(layer.ffn.fc2),
+            ffn=FeedForwardBlock.of(layer, pre=self.pre),
         )
 
     def decode_step(self, tokens: Tensor, cache: DecoderCache) -> Tensor:
@@ -178,14 +204,7 @@ class LeanDecoder:
             x = x + w.cross_out(a.reshape(r, qd))  # (R, d)
             if not pre:
                 x = w.cross_norm(x)
-            # feed-forward
-            y = w.ffn_norm(x) if pre else x
-            y = w.fc1(y)  # (R, F)
-            if w.activation is not None:
-                y = w.activation(y)
-            x = x + w.fc2(y)  # (R, d)
-            if not pre:
-                x = w.ffn_norm(x)
+            x = w.ffn(x)  # feed-forward, (R, d)
         cache.advance()
         if self.final_norm is not None:
             x = self.final_norm(x)
