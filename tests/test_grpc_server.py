@@ -1,4 +1,4 @@
-"""The gRPC API end to end with the real engine and the tiny model, on one in-process server:
+"""The gRPC API end to end with the real engines (two per model) and the tiny model, on one in-process server:
 results equal the in-process Translator's, order kept, several models routed, every bad input gets
 its status code, deadlines, cancellation, backpressure, metrics, health and reflection."""
 
@@ -48,7 +48,9 @@ def second_checkpoint(tiny_checkpoint: Path, tmp_path_factory: pytest.TempPathFa
 
 @pytest.fixture(scope="module")
 def server(tiny_checkpoint: Path, second_checkpoint: Path) -> Iterator[ServerThread]:
-    registry = ModelRegistry.load([tiny_checkpoint, second_checkpoint], device="cpu")
+    # Two engines per model, as `ferry serve` runs on a 2-core CPU (EnginePool): every test below goes
+    # through the pool.
+    registry = ModelRegistry.load([tiny_checkpoint, second_checkpoint], device="cpu", engines=2, threads=2)
     config = ServerConfig(host="127.0.0.1", port=0, metrics_port=free_port(), limits=LIMITS)
     with ServerThread(registry, config) as thread:
         yield thread
