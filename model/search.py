@@ -140,6 +140,24 @@ class _SearcherBase:
         return logp
 
 
+def fill_holes(keep: list[int]) -> list[int]:
+    """New row order after rows leave: the ``keep`` rows (ascending), each surviving row staying where
+    it is and the last ones moving into the holes the others left. The decoder state then copies only
+    the rows that moved, where keeping the order would shift every row after the first hole (a gather
+    of the whole cache each time a sentence finishes).
+
+    >>> fill_holes([0, 2, 3, 5])
+    [0, 5, 2, 3]
+    """
+    n = len(keep)
+    movers = [i for i in keep if i >= n]  # survivors past the new end, in order
+    kept = set(keep)
+    order = []
+    for pos in range(n):
+        order.append(pos if pos in kept else movers.pop())
+    return order
+
+
 class GreedySearcher(_SearcherBase):
     """Arg-max decoding; finished rows leave the batch at once."""
 
@@ -163,8 +181,9 @@ class GreedySearcher(_SearcherBase):
         if len(keep) == len(self.seqs):
             self.next_tokens = best
             return StepOutput(rows=None, dropped=False, tokens=best)
-        rows = torch.tensor(keep, dtype=torch.long, device=self.device)
-        self.seqs = [self.seqs[i] for i in keep]
+        order = fill_holes(keep)
+        rows = torch.tensor(order, dtype=torch.long, device=self.device)
+        self.seqs = [self.seqs[i] for i in order]
         self.sums = self.sums.index_select(0, rows)
         self.next_tokens = best.index_select(0, rows)
         return StepOutput(rows=rows, dropped=True, tokens=self.next_tokens, finished=finished)

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 from ferry.model import Translator
-from ferry.model.search import BeamSearcher, GreedySearcher, best_candidates, run_search
+from ferry.model.search import BeamSearcher, GreedySearcher, best_candidates, fill_holes, run_search
 from torch import Tensor
 
 EOS, START, PAD = 0, 1, 2
@@ -195,3 +195,26 @@ def test_best_candidates_equal_one_top_k_over_every_beam(n: int, k: int, vocab: 
     assert torch.equal(scores, want_scores)
     finite = want_scores > -math.inf  # the order of -inf candidates is arbitrary
     assert torch.equal(idx[finite], want_idx[finite])
+
+
+@pytest.mark.parametrize(
+    ("keep", "order"),
+    [([0, 2, 3, 5], [0, 5, 2, 3]), ([1, 2], [2, 1]), ([0, 1, 2], [0, 1, 2]), ([3], [3]), ([], []), ([0, 4], [0, 4])],
+)
+def test_rows_leaving_greedy_search_are_filled_from_the_end(keep: list[int], order: list[int]) -> None:
+    got = fill_holes(keep)
+    assert got == order and sorted(got) == keep
+    assert all(got[i] == i for i in range(len(got)) if i in keep)  # survivors in place never move
+
+
+def test_greedy_moves_only_the_rows_that_fill_holes() -> None:
+    searcher = GreedySearcher(**kwargs())
+    for seq in range(4):
+        searcher.add(seq, max_length=10)
+    logits = torch.zeros(4, V)
+    logits[:, 3] = 1.0
+    logits[1, EOS] = 5.0  # sequence 1 ends now
+    out = searcher.step(logits)
+    assert out.rows is not None and out.rows.tolist() == [0, 3, 2]  # the last row takes the hole
+    assert [s.seq_id for s in searcher.seqs] == [0, 3, 2]
+    assert [seq_id for seq_id, _ in out.finished] == [1]
