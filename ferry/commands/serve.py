@@ -196,6 +196,7 @@ def run(args: argparse.Namespace) -> int:
 
     import torch
 
+    from ferry.model.translator import resolve_device
     from ferry.server.app import FerryServer, read_token_file, serve
     from ferry.server.config import RequestLimits, ServerConfig, usable_cores
     from ferry.server.engine import EngineConfig
@@ -228,7 +229,7 @@ def run(args: argparse.Namespace) -> int:
         max_input_tokens=args.max_input_tokens,
     )
     cores = usable_cores()
-    gpu = args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available())
+    gpu = resolve_device(args.device).type == "cuda"  # "auto", "cuda:1" … as the model loader reads them
     engines = config.engine_count(cores, gpu=gpu)
     threads = config.intra_op_threads(cores, os.environ.get("OMP_NUM_THREADS"))
     torch.set_num_threads(max(1, threads // engines))
