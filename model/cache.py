@@ -169,14 +169,21 @@ class DecoderCache:
         self._cross = new
         self._refresh_views()
 
+    def reserve_step(self) -> int:
+        """Make room for one more position in every row; returns the step's width ``T`` (the longest
+        row after this step). ``begin_step`` calls it; a decoder that stores and attends by
+        ``lengths`` itself (``model/native.py``) needs nothing else: no masks, no ``write``."""
+        t = self.max_length + 1
+        self.ensure_capacity(t)
+        self._step_len = t
+        return t
+
     def begin_step(self) -> tuple[Tensor | None, Tensor]:
         """Once per decode step, before the layers write: makes room for one more position and
         returns the additive float masks (0 where a query may look, -inf elsewhere) of
         self-attention ((R, 1, 1, T), or ``None`` when every row is at the same position, so nothing
         needs masking) and cross-attention ((R / group, 1, 1, S), built once until rows change)."""
-        t = self.max_length + 1
-        self.ensure_capacity(t)
-        self._step_len = t
+        t = self.reserve_step()
         if self.uniform:  # offline decoding: every row writes position t - 1, a plain slice store
             self._step_rows = None
             mask: Tensor | None = None

@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.ao.nn.quantized.dynamic import Linear as DynamicLinear
 
+from . import native
 from .attention import Attention
 from .cache import DecoderCache
 from .fastpath import PackedLinear, fused_activation, gemm_fn
@@ -130,7 +131,7 @@ class _Layer:
 class LeanDecoder:
     """``decode_step`` of a prepared ``Transformer`` without module dispatch (module docstring)."""
 
-    def __init__(self, model: Transformer) -> None:
+    def __init__(self, model: Transformer, *, native_attention: bool = True) -> None:
         cfg = model.cfg
         self.model = model
         self.pre = cfg.norm_position == "pre"
@@ -144,6 +145,10 @@ class LeanDecoder:
         self.output = linear_fn(model.output)
         self.logits_bias = model.logits_bias
         self.layers = [self._layer(layer) for layer in model.decoder_layers]  # type: ignore[arg-type]
+        cpu_fp32 = self.embed.device.type == "cpu" and self.embed.dtype == torch.float32
+        use = native_attention and cpu_fp32
+        self.attend = native.attention(self.heads, self.kv_heads, self.head_dim) if use else None
+        """Both attentions in native code (``model/native.py``), or ``None``: torch's SDPA with masks."""
 
     @staticmethod
     def supports(model: Transformer) -> bool:
@@ -173,6 +178,8 @@ class LeanDecoder:
         """Feed one token per row (R,) at each row's own position; returns logits (R, V)."""
         if cache.max_length >= self.max_positions:
             raise ValueError(f"decoding past max_positions={self.max_positions}; lower max_length")
+        if self.attend is not None:
+            return self._native_step(tokens, cache, self.attend)
         self_mask, cross_mask = cache.begin_step()
         r = tokens.shape[0]
         h, hkv, d = self.heads, self.kv_heads, self.head_dim
@@ -180,7 +187,7 @@ class LeanDecoder:
         g = cache.group
         pre, gqa = self.pre, self.gqa
         sdpa = F.scaled_dot_product_attention
-        x = F.embedding(tokens, self.embed) * self.embed_scale + self.positions[cache.lengths]  # (R, d)
+        x = self._embed(tokens, cache)  # (R, d)
         for i, w in enumerate(self.layers):
             # self-attention
             y = w.self_norm(x) if pre else x
@@ -206,6 +213,39 @@ class LeanDecoder:
                 x = w.cross_norm(x)
             x = w.ffn(x)  # feed-forward, (R, d)
         cache.advance()
+        return self._logits(x)
+
+    def _native_step(self, tokens: Tensor, cache: DecoderCache, attend: native.Attention) -> Tensor:
+        """``decode_step`` with both attentions in ``model/attend.c``: each row stores its K/V and
+        attends over its own ``lengths`` (no masks, no padded positions read)."""
+        cache.reserve_step()
+        qd, kd = self.heads * self.head_dim, self.kv_heads * self.head_dim
+        g, pre = cache.group, self.pre
+        lengths, src_lengths = cache.lengths, cache.src_lengths
+        x = self._embed(tokens, cache)  # (R, d)
+        for i, w in enumerate(self.layers):
+            y = w.self_norm(x) if pre else x
+            qkv = w.qkv(y)  # (R, (H + 2 Hkv) D)
+            k_new, v_new = qkv[:, qd : qd + kd], qkv[:, qd + kd :]  # (R, Hkv D) each
+            a = attend(qkv, cache.self_k[i], cache.self_v[i], lengths, extra=1, new_k=k_new, new_v=v_new)
+            x = x + w.self_out(a)  # (R, d)
+            if not pre:
+                x = w.self_norm(x)
+            y = w.cross_norm(x) if pre else x
+            a = attend(w.cross_q(y), cache.cross_k[i], cache.cross_v[i], src_lengths, group=g)  # (R, H D)
+            x = x + w.cross_out(a)  # (R, d)
+            if not pre:
+                x = w.cross_norm(x)
+            x = w.ffn(x)  # feed-forward, (R, d)
+        cache.advance()
+        return self._logits(x)
+
+    def _embed(self, tokens: Tensor, cache: DecoderCache) -> Tensor:
+        """Token embeddings plus each row's position: (R,) -> (R, d)."""
+        return F.embedding(tokens, self.embed) * self.embed_scale + self.positions[cache.lengths]
+
+    def _logits(self, x: Tensor) -> Tensor:
+        """Final norm and output projection: (R, d) -> (R, V)."""
         if self.final_norm is not None:
             x = self.final_norm(x)
         logits = self.output(x)  # (R, V)

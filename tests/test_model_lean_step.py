@@ -1,10 +1,13 @@
-"""The lean decode step (model/lean_step.py) computes exactly what ``Transformer.decode_step`` computes
-on the same prepared model: same operations in the same order, so logits are equal bit for bit, for
-every architecture variant, beam groups, rows at different positions (continuous batching) and int8."""
+"""The lean decode step (model/lean_step.py) computes what ``Transformer.decode_step`` computes on the
+same prepared model, for every architecture variant, beam groups, rows at different positions
+(continuous batching) and int8. With torch's attention it runs the same operations in the same order,
+so logits are equal bit for bit; with the native attention (model/attend.c) they are equal within
+float32 rounding (another summation order and exp), and the K/V it stores in the cache too."""
 
 from __future__ import annotations
 
 import copy
+import shutil
 from dataclasses import replace
 from pathlib import Path
 
@@ -54,30 +57,57 @@ def _cache(model: Transformer, lengths: list[int], seed: int = 1) -> DecoderCach
     return model.init_cache(model.encode(src, torch.tensor(lengths)), capacity=4)
 
 
-def _run_both(model: Transformer, make_cache: object, steps: int, edit: object = None) -> None:
+NATIVE = [
+    pytest.param(False, id="torch-attention"),
+    pytest.param(
+        True,
+        id="native-attention",
+        marks=pytest.mark.skipif(shutil.which("cc") is None, reason="no C compiler to build model/attend.c"),
+    ),
+]
+
+
+def _lean(model: Transformer, use_native: bool) -> LeanDecoder:
+    lean = LeanDecoder(model, native_attention=use_native)
+    if use_native and next(model.parameters()).dtype == torch.float32:
+        assert lean.attend is not None, "the native kernels did not build (see the ferry.model.native log)"
+    return lean
+
+
+def _run_both(
+    model: Transformer, make_cache: object, steps: int, edit: object = None, *, use_native: bool = False
+) -> None:
     """Decode ``steps`` greedy steps through the module path and the lean path on twin caches."""
-    lean = LeanDecoder(model)
+    lean = _lean(model, use_native)
     caches = [make_cache(), make_cache()]  # type: ignore[operator]
     tokens = torch.full((caches[0].num_rows,), model.cfg.decoder_start_id)
     with torch.inference_mode():
         for step in range(steps):
             want = model.decode_step(tokens, caches[0])
             got = lean.decode_step(tokens, caches[1])
-            assert torch.equal(got, want), f"step {step}"
+            if use_native:
+                torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5, msg=f"step {step}")
+                for mine, theirs in zip(caches[1].self_k + caches[1].self_v, caches[0].self_k + caches[0].self_v):
+                    t = caches[0].max_length
+                    torch.testing.assert_close(mine[:, :, :t], theirs[:, :, :t], rtol=1e-4, atol=1e-5)
+            else:
+                assert torch.equal(got, want), f"step {step}"
             assert caches[1].lengths_host == caches[0].lengths_host
             tokens = want.argmax(-1)
             if edit is not None:
                 tokens = edit(step, caches, tokens)  # type: ignore[operator]
 
 
+@pytest.mark.parametrize("use_native", NATIVE)
 @pytest.mark.parametrize("name", VARIANTS)
-def test_lean_step_equals_module_step(name: str) -> None:
+def test_lean_step_equals_module_step(name: str, use_native: bool) -> None:
     model = _model(VARIANTS[name])
-    _run_both(model, lambda: _cache(model, [5, 3, 7]), steps=9)  # past the initial capacity: grows
+    _run_both(model, lambda: _cache(model, [5, 3, 7]), steps=9, use_native=use_native)  # past the capacity
 
 
+@pytest.mark.parametrize("use_native", NATIVE)
 @pytest.mark.parametrize("name", ["post-norm relu", "grouped-query"])
-def test_lean_step_with_beam_groups_and_reorders(name: str) -> None:
+def test_lean_step_with_beam_groups_and_reorders(name: str, use_native: bool) -> None:
     model = _model(VARIANTS[name])
 
     def beams() -> DecoderCache:
@@ -92,10 +122,11 @@ def test_lean_step_with_beam_groups_and_reorders(name: str) -> None:
             cache.reorder(order)
         return tokens[order]
 
-    _run_both(model, beams, steps=6, edit=reorder)
+    _run_both(model, beams, steps=6, edit=reorder, use_native=use_native)
 
 
-def test_lean_step_with_rows_at_different_positions() -> None:
+@pytest.mark.parametrize("use_native", NATIVE)
+def test_lean_step_with_rows_at_different_positions(use_native: bool) -> None:
     """Continuous batching: a request joins after two steps, another leaves."""
     model = _model(VARIANTS["pre-norm"])
 
@@ -110,17 +141,18 @@ def test_lean_step_with_rows_at_different_positions() -> None:
             return tokens[[0, 2, 3]]
         return tokens
 
-    _run_both(model, lambda: _cache(model, [5, 3, 7]), steps=8, edit=join)
+    _run_both(model, lambda: _cache(model, [5, 3, 7]), steps=8, edit=join, use_native=use_native)
 
 
-def test_lean_step_int8() -> None:
+@pytest.mark.parametrize("use_native", NATIVE)
+def test_lean_step_int8(use_native: bool) -> None:
     model = _model(VARIANTS["post-norm relu"], quantize=True)
-    _run_both(model, lambda: _cache(model, [5, 3]), steps=5)
+    _run_both(model, lambda: _cache(model, [5, 3]), steps=5, use_native=use_native)
 
 
 def test_lean_step_stops_at_max_positions() -> None:
     model = _model(replace(BASE, max_positions=3))
-    lean, cache = LeanDecoder(model), _cache(model, [2])
+    lean, cache = _lean(model, shutil.which("cc") is not None), _cache(model, [2])
     tokens = torch.tensor([model.cfg.decoder_start_id])
     with torch.inference_mode():
         for _ in range(3):

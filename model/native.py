@@ -1,0 +1,231 @@
+"""Native CPU kernels (``model/attend.c``), compiled once per machine and called through ctypes.
+
+The library is looked up, in order, beside this module (a prebuilt copy, e.g. baked into the
+container image by ``python -m ferry.model.native --build``) and in the user cache directory
+(``$FERRY_CACHE_DIR``, else ``$XDG_CACHE_HOME/ferry``, else ``~/.cache/ferry``); when neither has it,
+it is compiled into the cache directory with the system C compiler (``$CC``, else ``cc``; ~1 s). The
+file name carries a hash of the source and flags, so an edited kernel is rebuilt. Without a compiler,
+a writable cache or an x86-64/aarch64 Linux-like platform, ``attention()`` returns ``None`` and the
+decoder keeps torch's ``scaled_dot_product_attention`` (same results within float rounding).
+``FERRY_NATIVE=0`` turns the kernels off.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import functools
+import hashlib
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+log = logging.getLogger(__name__)
+
+NATIVE_ENV = "FERRY_NATIVE"
+"""``0`` turns the native kernels off (torch's attention everywhere)."""
+CACHE_ENV = "FERRY_CACHE_DIR"
+"""Where compiled kernels are kept (default ``$XDG_CACHE_HOME/ferry`` or ``~/.cache/ferry``)."""
+SOURCE = Path(__file__).with_name("attend.c")
+FLAGS = (
+    "-O3",
+    "-shared",
+    "-fPIC",
+    # Reassociation lets the compiler vectorise the dot products and sums (fp32 results then differ
+    # from torch's in the last bits, as any other summation order would); no -ffast-math: the
+    # kernel's -inf start value must stay meaningful.
+    "-fno-math-errno",
+    "-fno-trapping-math",
+    "-fno-signed-zeros",
+    "-fassociative-math",
+)
+_ptr = ctypes.c_void_p
+_i64 = ctypes.c_int64
+
+
+def library_name() -> str:
+    """``ferry_attend-<hash>.so``: the hash covers the source and the compiler flags."""
+    digest = hashlib.sha256(SOURCE.read_bytes() + " ".join(FLAGS).encode()).hexdigest()[:16]
+    return f"ferry_attend-{digest}.so"
+
+
+def cache_dir() -> Path:
+    if os.environ.get(CACHE_ENV):
+        return Path(os.environ[CACHE_ENV])
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "ferry"
+
+
+def build(directory: Path) -> Path:
+    """Compile the kernels into ``directory`` (atomically: concurrent builds are safe) and return the
+    library's path. Raises ``RuntimeError`` with the compiler's message when that fails."""
+    compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
+    if compiler is None:
+        raise RuntimeError("no C compiler (set CC or install gcc)")
+    directory.mkdir(parents=True, exist_ok=True)
+    target = directory / library_name()
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".build-", suffix=".so")
+    os.close(fd)
+    try:
+        done = subprocess.run(
+            [compiler, *FLAGS, "-o", tmp, str(SOURCE), "-lm"], capture_output=True, text=True, timeout=120
+        )
+        if done.returncode != 0:
+            raise RuntimeError(f"{compiler} failed: {done.stderr.strip()[-2000:]}")
+        os.replace(tmp, target)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return target
+
+
+def _load(path: Path) -> ctypes.CDLL:
+    lib = ctypes.CDLL(str(path))
+    fn = lib.ferry_attend
+    fn.restype = ctypes.c_int
+    fn.argtypes = [
+        *(_i64,) * 5,  # rows, heads, kv_heads, head_dim, group
+        _ptr,
+        _i64,  # q, q row stride
+        _ptr,
+        _ptr,
+        *(_i64,) * 3,  # k, v, kv row / head / position strides
+        _ptr,
+        _i64,  # lengths, extra
+        _ptr,
+        _ptr,
+        _i64,  # new_k, new_v, new row stride
+        ctypes.c_float,  # scale
+        _ptr,
+        _i64,  # out, out row stride
+    ]
+    return lib
+
+
+@functools.cache
+def library() -> ctypes.CDLL | None:
+    """The loaded kernel library, or ``None`` (turned off, or it cannot be built here: logged once)."""
+    if os.environ.get(NATIVE_ENV, "1") == "0":
+        return None
+    if sys.platform == "win32":
+        return None
+    name = library_name()
+    for directory in (Path(__file__).parent, cache_dir()):
+        path = directory / name
+        if path.exists():
+            try:
+                return _load(path)
+            except OSError as exc:
+                log.info("native kernels at %s do not load (%s); rebuilding", path, exc)
+    try:
+        return _load(build(cache_dir()))
+    except (OSError, RuntimeError, subprocess.SubprocessError) as exc:
+        log.info("native kernels unavailable, using torch attention: %s", exc)
+        return None
+
+
+class Attention:
+    """One-query attention of every row and head over its own K/V prefix (``model/attend.c``).
+
+    ``q`` (R, >= H D) and the result (R, H D) are 2-D (heads side by side in a row); ``k``/``v``
+    are (R / group, Hkv, T, D) views with the head dimension contiguous (the cache's buffers), float32
+    on the CPU; ``lengths`` (R,) int64: row ``r`` attends to its first ``lengths[r] + extra``
+    positions. With ``new_k``/``new_v`` ((R, Hkv D) rows), row ``r`` first stores them at position
+    ``lengths[r]`` (the self-attention step: the cache write and the attention in one call)."""
+
+    def __init__(self, lib: ctypes.CDLL, heads: int, kv_heads: int, head_dim: int) -> None:
+        self._fn = lib.ferry_attend
+        self.heads, self.kv_heads, self.head_dim = heads, kv_heads, head_dim
+        self.scale = head_dim**-0.5
+
+    def __call__(
+        self,
+        q: Tensor,
+        k: Tensor,
+        v: Tensor,
+        lengths: Tensor,
+        *,
+        extra: int = 0,
+        group: int = 1,
+        new_k: Tensor | None = None,
+        new_v: Tensor | None = None,
+    ) -> Tensor:
+        rows = q.shape[0]
+        h, d = self.heads, self.head_dim
+        ks = k.stride()
+        if (
+            q.dtype != torch.float32
+            or k.dtype != torch.float32
+            or v.dtype != torch.float32
+            or q.device.type != "cpu"
+            or q.stride(1) != 1
+            or ks[3] != 1
+            or v.stride() != ks
+            or lengths.dtype != torch.int64
+        ):
+            raise ValueError("native attention needs float32 CPU tensors, head dimension contiguous, int64 lengths")
+        if not lengths.is_contiguous():
+            lengths = lengths.contiguous()
+        out = q.new_empty(rows, h * d)  # (R, H D)
+        new_ptr_k = new_ptr_v = None
+        new_stride = 0
+        if new_k is not None and new_v is not None:
+            new_ptr_k, new_ptr_v, new_stride = new_k.data_ptr(), new_v.data_ptr(), new_k.stride(0)
+        status = self._fn(
+            rows,
+            h,
+            self.kv_heads,
+            d,
+            group,
+            q.data_ptr(),
+            q.stride(0),
+            k.data_ptr(),
+            v.data_ptr(),
+            ks[0],
+            ks[1],
+            ks[2],
+            lengths.data_ptr(),
+            extra,
+            new_ptr_k,
+            new_ptr_v,
+            new_stride,
+            self.scale,
+            out.data_ptr(),
+            h * d,
+        )
+        if status != 0:
+            raise MemoryError("native attention could not allocate its scratch buffer")
+        return out
+
+
+def attention(heads: int, kv_heads: int, head_dim: int) -> Attention | None:
+    """The native attention for these head sizes, or ``None`` when the kernels are unavailable."""
+    lib = library()
+    return Attention(lib, heads, kv_heads, head_dim) if lib is not None else None
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Build ferry's native CPU kernels ahead of time.")
+    parser.add_argument(
+        "--build",
+        metavar="DIR",
+        nargs="?",
+        const=str(Path(__file__).parent),
+        help="compile into DIR (default: beside this module, where a wheel or image finds it first)",
+    )
+    args = parser.parse_args(argv)
+    if args.build is None:
+        parser.error("nothing to do: pass --build [DIR]")
+    print(build(Path(args.build)))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,139 @@
+"""The native attention kernel (model/attend.c via model/native.py) against torch's
+``scaled_dot_product_attention``, and how the library is found, built and turned off."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from ferry.model import native
+
+pytestmark = pytest.mark.skipif(shutil.which("cc") is None, reason="no C compiler to build model/attend.c")
+
+
+@pytest.fixture(autouse=True)
+def _fresh_library() -> Iterator[None]:
+    native.library.cache_clear()
+    yield
+    native.library.cache_clear()
+
+
+def _reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, lengths: torch.Tensor, group: int) -> torch.Tensor:
+    """SDPA with a padding mask, K/V rows repeated per group: (R, H D)."""
+    rows, hd = q.shape
+    kv_heads, width, d = k.shape[1:]
+    heads = hd // d
+    k = k.repeat_interleave(group, 0)
+    v = v.repeat_interleave(group, 0)
+    blocked = torch.arange(width)[None, :] >= lengths[:, None]  # (R, T)
+    mask = torch.zeros(rows, 1, 1, width).masked_fill_(blocked[:, None, None, :], float("-inf"))
+    out = F.scaled_dot_product_attention(
+        q.view(rows, heads, 1, d), k, v, attn_mask=mask, enable_gqa=heads != kv_heads
+    )  # (R, H, 1, D)
+    return out.reshape(rows, hd)
+
+
+SHAPES = [(8, 8, 32, 1), (4, 2, 64, 1), (2, 2, 24, 3), (4, 1, 16, 2)]
+"""(heads, kv_heads, head_dim, group): the unrolled head sizes, another one, grouped-query, beam groups."""
+
+
+@pytest.mark.parametrize(("heads", "kv_heads", "d", "group"), SHAPES)
+def test_attention_matches_sdpa(heads: int, kv_heads: int, d: int, group: int) -> None:
+    torch.manual_seed(0)
+    rows, width = 6, 9
+    attend = native.attention(heads, kv_heads, d)
+    assert attend is not None
+    # K/V as strided views of a bigger buffer, as the decoder cache hands them over
+    base = torch.randn(rows // group, 3, 2, kv_heads, width + 4, d)
+    k, v = base[:, 1, 0], base[:, 1, 1]  # (N, Hkv, T_cap, D)
+    q = torch.randn(rows, 3 * heads * d)[:, : heads * d]  # row stride wider than the query
+    lengths = torch.tensor([9, 1, 4, 7, 2, 9])
+    got = attend(q, k, v, lengths, group=group)
+    want = _reference(q, k[:, :, :width], v[:, :, :width], lengths, group)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+
+
+def test_attention_stores_the_new_positions_first() -> None:
+    torch.manual_seed(1)
+    heads, d, rows = 2, 8, 3
+    attend = native.attention(heads, heads, d)
+    assert attend is not None
+    k, v = torch.randn(rows, heads, 6, d), torch.randn(rows, heads, 6, d)
+    before_k, before_v = k.clone(), v.clone()
+    qkv = torch.randn(rows, 3 * heads * d)
+    lengths = torch.tensor([0, 3, 5])  # each row writes at its own position, then attends to it too
+    new_k, new_v = qkv[:, heads * d : 2 * heads * d], qkv[:, 2 * heads * d :]
+    got = attend(qkv, k, v, lengths, extra=1, new_k=new_k, new_v=new_v)
+    for r, n in enumerate(lengths.tolist()):
+        torch.testing.assert_close(k[r, :, n], new_k[r].view(heads, d), rtol=0, atol=0)
+        torch.testing.assert_close(v[r, :, n], new_v[r].view(heads, d), rtol=0, atol=0)
+        untouched = [t for t in range(6) if t != n]
+        assert torch.equal(k[r, :, untouched], before_k[r, :, untouched])
+        assert torch.equal(v[r, :, untouched], before_v[r, :, untouched])
+    torch.testing.assert_close(got, _reference(qkv[:, : heads * d], k, v, lengths + 1, 1), rtol=1e-5, atol=1e-6)
+
+
+def test_a_row_without_positions_gets_zeros() -> None:
+    attend = native.attention(2, 2, 4)
+    assert attend is not None
+    k = v = torch.randn(2, 2, 3, 4)
+    out = attend(torch.randn(2, 8), k, v, torch.tensor([0, 3]))
+    assert torch.equal(out[0], torch.zeros(8))
+
+
+def test_rejects_what_it_cannot_read() -> None:
+    attend = native.attention(2, 2, 4)
+    assert attend is not None
+    k = torch.randn(2, 2, 3, 4)
+    with pytest.raises(ValueError, match="float32"):
+        attend(torch.randn(2, 8), k.double(), k.double(), torch.tensor([1, 1]))
+    with pytest.raises(ValueError, match="contiguous"):
+        attend(torch.randn(2, 8), k.transpose(2, 3), k.transpose(2, 3), torch.tensor([1, 1]))
+
+
+def test_library_builds_into_the_cache_dir_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(native.CACHE_ENV, str(tmp_path))
+    monkeypatch.setattr(native, "__file__", str(tmp_path / "elsewhere" / "native.py"))  # no prebuilt copy
+    assert native.library() is not None
+    built = tmp_path / native.library_name()
+    assert built.exists()
+    stamp = built.stat().st_mtime_ns
+    native.library.cache_clear()
+    assert native.library() is not None
+    assert built.stat().st_mtime_ns == stamp  # found, not rebuilt
+    assert not list(tmp_path.glob(".build-*"))  # no temporary files left behind
+
+
+def test_without_a_compiler_it_falls_back(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(native.CACHE_ENV, str(tmp_path / "cache"))
+    monkeypatch.setenv("CC", str(tmp_path / "no-such-compiler"))
+    monkeypatch.setattr(native, "__file__", str(tmp_path / "elsewhere" / "native.py"))
+    assert native.library() is None
+    assert native.attention(8, 8, 32) is None
+
+
+def test_a_read_only_cache_falls_back(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    monkeypatch.setenv(native.CACHE_ENV, str(blocker / "cache"))
+    monkeypatch.setattr(native, "__file__", str(tmp_path / "elsewhere" / "native.py"))
+    assert native.library() is None
+
+
+def test_turned_off_by_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(native.NATIVE_ENV, "0")
+    assert native.library() is None
+
+
+def test_compiler_errors_are_reported(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    fake = tmp_path / "cc"
+    fake.write_text("#!/bin/sh\necho 'attend.c:1: error: broken' >&2\nexit 1\n")
+    fake.chmod(0o755)
+    monkeypatch.setenv("CC", str(fake))
+    with pytest.raises(RuntimeError, match="broken"):
+        native.build(tmp_path / "out")
+    assert not list((tmp_path / "out").glob("*"))
