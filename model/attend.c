@@ -21,6 +21,7 @@
 #endif
 
 #define STACK_POSITIONS 1024
+#define BLOCK 32 /* logits scanned per vector max in ferry_top_log_probs */
 
 /* exp(x) for x <= 0 (softmax after subtracting the maximum), to ~2 ulp: 2^n * p(r) with
  * x = n ln2 + r, |r| <= ln2 / 2, p a degree-6 Taylor polynomial. Branch-free and call-free, so the
@@ -127,5 +128,66 @@ int ferry_attend(int64_t rows, int64_t heads, int64_t kv_heads, int64_t head_dim
         }
     }
     if (s != stack) free(s);
+    return 0;
+}
+
+/* The k best log-probabilities of each row of logits (R, V): tokens and log_softmax values, best
+ * first, the `banned` ids excluded from the choice (as if -inf) but not from the normaliser (log_softmax
+ * is over every token, then banned ids are masked: the search's order). One pass keeps the k best
+ * logits in a small sorted array; a second sums exp(x - max) for the log-sum-exp. Rows with fewer
+ * than k allowed tokens get banned ids with -inf scores after the allowed ones. Returns 0, or -1 if
+ * scratch memory ran out. The logits are modified during the call and restored before it returns. */
+FERRY_CLONES
+int ferry_top_log_probs(int64_t rows, int64_t vocab, float *logits, int64_t row_stride, const int64_t *banned,
+                        int64_t n_banned, int64_t k, float *out_scores, int64_t *out_tokens) {
+    float saved_stack[64];
+    float *saved = saved_stack;
+    if (n_banned > 64) {
+        saved = (float *)malloc((size_t)n_banned * sizeof(float));
+        if (saved == NULL) return -1;
+    }
+    for (int64_t r = 0; r < rows; r++) {
+        float *x = logits + r * row_stride;
+        float *best = out_scores + r * k;
+        int64_t *tok = out_tokens + r * k;
+        for (int64_t b = 0; b < n_banned; b++) {
+            saved[b] = x[banned[b]];
+            x[banned[b]] = -INFINITY;
+        }
+        int64_t count = 0;
+        float floor = -INFINITY; /* the k-th best so far once the array is full */
+        for (int64_t start = 0; start < vocab; start += BLOCK) {
+            int64_t end = start + BLOCK < vocab ? start + BLOCK : vocab;
+            if (count == k && end - start == BLOCK) { /* most blocks hold nothing better: one vector max */
+                float m = x[start];
+                for (int64_t i = start + 1; i < end; i++) m = x[i] > m ? x[i] : m;
+                if (!(m > floor)) continue;
+            }
+            for (int64_t i = start; i < end; i++) {
+                float v = x[i];
+                if (count == k && !(v > floor)) continue;
+                int64_t j = count < k ? count++ : k - 1; /* insert: shift the worse ones down */
+                while (j > 0 && best[j - 1] < v) {
+                    best[j] = best[j - 1];
+                    tok[j] = tok[j - 1];
+                    j--;
+                }
+                best[j] = v;
+                tok[j] = i;
+                if (count == k) floor = best[k - 1];
+            }
+        }
+        float top = count ? best[0] : -INFINITY;
+        for (int64_t b = 0; b < n_banned; b++) top = saved[b] > top ? saved[b] : top;
+        float sum = 0.0f;
+        if (top > -INFINITY) {
+            for (int64_t i = 0; i < vocab; i++) sum += exp_nonpositive(x[i] - top);
+            for (int64_t b = 0; b < n_banned; b++) sum += exp_nonpositive(saved[b] - top);
+        }
+        float lse = top > -INFINITY ? top + logf(sum) : 0.0f; /* all -inf: leave the scores -inf */
+        for (int64_t j = 0; j < count; j++) best[j] -= lse;
+        for (int64_t b = n_banned - 1; b >= 0; b--) x[banned[b]] = saved[b]; /* reverse: repeated ids */
+    }
+    if (saved != saved_stack) free(saved);
     return 0;
 }

@@ -1,4 +1,5 @@
-"""Native CPU kernels (``model/attend.c``), compiled once per machine and called through ctypes.
+"""Native CPU kernels (``model/attend.c``), compiled once per machine and called through ctypes:
+the decoder's attention step and the search's top-k of log-probabilities.
 
 The library is looked up, in order, beside this module (a prebuilt copy, e.g. baked into the
 container image by ``python -m ferry.model.native --build``) and in the user cache directory
@@ -6,8 +7,8 @@ container image by ``python -m ferry.model.native --build``) and in the user cac
 it is compiled into the cache directory with the system C compiler (``$CC``, else ``cc``; ~1 s). The
 file name carries a hash of the source and flags, so an edited kernel is rebuilt. Without a compiler,
 a writable cache or an x86-64/aarch64 Linux-like platform, ``attention()`` returns ``None`` and the
-decoder keeps torch's ``scaled_dot_product_attention`` (same results within float rounding).
-``FERRY_NATIVE=0`` turns the kernels off.
+decoder keeps torch's ``scaled_dot_product_attention`` and the search ``log_softmax``/``topk`` (same
+results within float rounding). ``FERRY_NATIVE=0`` turns the kernels off.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from torch import Tensor
 log = logging.getLogger(__name__)
 
 NATIVE_ENV = "FERRY_NATIVE"
-"""``0`` turns the native kernels off (torch's attention everywhere)."""
+"""``0`` turns the native kernels off (torch's attention and top-k everywhere)."""
 CACHE_ENV = "FERRY_CACHE_DIR"
 """Where compiled kernels are kept (default ``$XDG_CACHE_HOME/ferry`` or ``~/.cache/ferry``)."""
 SOURCE = Path(__file__).with_name("attend.c")
@@ -106,6 +107,9 @@ def _load(path: Path) -> ctypes.CDLL:
         _ptr,
         _i64,  # out, out row stride
     ]
+    top = lib.ferry_top_log_probs
+    top.restype = ctypes.c_int
+    top.argtypes = [_i64, _i64, _ptr, _i64, _ptr, _i64, _i64, _ptr, _ptr]
     return lib
 
 
@@ -203,6 +207,47 @@ class Attention:
         if status != 0:
             raise MemoryError("native attention could not allocate its scratch buffer")
         return out
+
+
+class TopLogProbs:
+    """The ``k`` best ``log_softmax`` values of each row of logits and their tokens, best first, with
+    ``banned`` ids never chosen (they still count in the normaliser): what the search does with
+    ``log_softmax``, ``index_fill_`` and ``topk``/``max``, in two passes over the logits and without
+    writing the (R, V) log-probabilities. ``logits`` (R, V) float32 on the CPU, rows contiguous."""
+
+    def __init__(self, lib: ctypes.CDLL) -> None:
+        self._fn = lib.ferry_top_log_probs
+
+    def __call__(self, logits: Tensor, k: int, banned: Tensor) -> tuple[Tensor, Tensor]:
+        rows, vocab = logits.shape
+        if logits.dtype != torch.float32 or logits.device.type != "cpu" or logits.stride(1) != 1:
+            raise ValueError("native top-k needs float32 CPU logits with contiguous rows")
+        if not 1 <= k <= vocab:
+            raise ValueError(f"k={k} must be between 1 and the vocabulary size {vocab}")
+        if banned.dtype != torch.int64 or banned.device.type != "cpu" or not banned.is_contiguous():
+            raise ValueError("banned ids must be a contiguous int64 CPU tensor")
+        scores = logits.new_empty(rows, k)  # (R, k)
+        tokens = torch.empty(rows, k, dtype=torch.int64)  # (R, k)
+        status = self._fn(
+            rows,
+            vocab,
+            logits.data_ptr(),
+            logits.stride(0),
+            banned.data_ptr(),
+            banned.numel(),
+            k,
+            scores.data_ptr(),
+            tokens.data_ptr(),
+        )
+        if status != 0:
+            raise MemoryError("native top-k could not allocate its scratch buffer")
+        return scores, tokens
+
+
+def top_log_probs() -> TopLogProbs | None:
+    """The native top-k of log-probabilities, or ``None`` when the kernels are unavailable."""
+    lib = library()
+    return TopLogProbs(lib) if lib is not None else None
 
 
 def attention(heads: int, kv_heads: int, head_dim: int) -> Attention | None:

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import math
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -137,3 +138,37 @@ def test_compiler_errors_are_reported(tmp_path: Path, monkeypatch: pytest.Monkey
     with pytest.raises(RuntimeError, match="broken"):
         native.build(tmp_path / "out")
     assert not list((tmp_path / "out").glob("*"))
+
+
+@pytest.mark.parametrize(
+    ("rows", "vocab", "k", "banned"), [(5, 1000, 8, [0, 1, 3]), (3, 70, 1, [2]), (2, 5, 5, [0, 4])]
+)
+def test_top_log_probs_match_log_softmax_and_topk(rows: int, vocab: int, k: int, banned: list[int]) -> None:
+    top = native.top_log_probs()
+    assert top is not None
+    gen = torch.Generator().manual_seed(vocab + k)
+    logits = torch.randn(rows, vocab, generator=gen) * 4
+    logits[0, banned[0]] = 50.0  # a banned id that would win: still counted in the normaliser only
+    before = logits.clone()
+    logp = torch.log_softmax(logits, dim=-1)
+    logp[:, banned] = -math.inf
+    want_scores, want_tokens = logp.topk(k, dim=1)
+    scores, tokens = top(logits, k, torch.tensor(banned))
+    assert torch.equal(logits, before)  # restored
+    finite = want_scores > -math.inf
+    torch.testing.assert_close(scores[finite], want_scores[finite], rtol=1e-5, atol=1e-5)
+    assert torch.equal(tokens[finite], want_tokens[finite])
+    # too few allowed tokens for k: banned ids fill the tail with -inf
+    assert torch.equal(scores[~finite], want_scores[~finite])
+    assert set(tokens[~finite].tolist()) <= set(banned)
+
+
+def test_top_log_probs_rejects_bad_arguments() -> None:
+    top = native.top_log_probs()
+    assert top is not None
+    with pytest.raises(ValueError, match="k=9"):
+        top(torch.randn(2, 8), 9, torch.tensor([], dtype=torch.int64))
+    with pytest.raises(ValueError, match="float32"):
+        top(torch.randn(2, 8).double(), 2, torch.tensor([], dtype=torch.int64))
+    with pytest.raises(ValueError, match="int64"):
+        top(torch.randn(2, 8), 2, torch.tensor([1], dtype=torch.int32))

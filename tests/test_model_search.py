@@ -191,7 +191,8 @@ def test_best_candidates_equal_one_top_k_over_every_beam(n: int, k: int, vocab: 
     sums = torch.randn(n * k, generator=gen)
     sums[k - 1] = -math.inf  # a dead beam
     want_scores, want_idx = (sums[:, None] + logp).view(n, k * vocab).topk(min(2 * k, k * vocab), dim=1)
-    scores, idx = best_candidates(logp, sums, n, k)
+    row_scores, row_tokens = logp.topk(min(2 * k, vocab), dim=1)  # (N*K, P) each
+    scores, idx = best_candidates(row_scores, row_tokens, sums, n, k, vocab)
     assert torch.equal(scores, want_scores)
     finite = want_scores > -math.inf  # the order of -inf candidates is arbitrary
     assert torch.equal(idx[finite], want_idx[finite])
