@@ -9,6 +9,8 @@ batch: continuous batching).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 from torch import Tensor
 
@@ -43,6 +45,7 @@ class DecoderCache:
         src_lengths_host: list[int] | None = None,
         max_rows: int | None = None,
         max_positions: int | None = None,
+        zeroed: bool = True,
     ) -> None:
         if len(cross_k) != len(cross_v):
             raise ValueError("cross_k and cross_v need one tensor per layer each")
@@ -51,7 +54,11 @@ class DecoderCache:
         layers = len(cross_k)
         self._cross = torch.stack([torch.stack([k, v], dim=1) for k, v in zip(cross_k, cross_v)], dim=1)
         # (N_cap, L, 2, Hkv, S_cap, D)
-        self._self = ref.new_zeros(rows, layers, 2, kv_heads, capacity, head_dim)  # (R_cap, L, 2, Hkv, T_cap, D)
+        self.zeroed = zeroed
+        """New buffers start as zeros (masked attention multiplies unwritten positions by 0, and 0 × NaN
+        is NaN). ``False`` for a decoder that reads only each row's own positions (native attention):
+        buffers are then left uninitialised, which saves zeroing every growth and spare buffer."""
+        self._self = self._new(ref, (rows, layers, 2, kv_heads, capacity, head_dim))  # (R_cap, L, 2, Hkv, T_cap, D)
         self._spare: Tensor | None = None  # same shape as _self, allocated on the first full reorder
         self.group = 1
         """Consecutive rows sharing one cross-attention row (beams of one sentence)."""
@@ -69,6 +76,10 @@ class DecoderCache:
         self.max_positions = max_positions
         """Most self-attention positions the buffers grow to (the model's decoding limit)."""
         self._refresh_views()
+
+    def _new(self, like: Tensor, shape: Sequence[int]) -> Tensor:
+        """A buffer of ``like``'s dtype and device: zeros, or uninitialised unless ``zeroed``."""
+        return like.new_zeros(shape) if self.zeroed else like.new_empty(shape)
 
     def _refresh_views(self) -> None:
         s, n = self._src_width, self.num_sources
@@ -157,14 +168,14 @@ class DecoderCache:
         old = self._self
         shape = list(old.shape)
         shape[0], shape[4] = rows, t_cap
-        new = old.new_zeros(shape)  # (R_cap, L, 2, Hkv, T_cap, D)
+        new = self._new(old, shape)  # (R_cap, L, 2, Hkv, T_cap, D)
         new[:r, :, :, :, :t] = old[:r, :, :, :, :t]
         self._self = new
         self._spare = None
         old = self._cross
         shape = list(old.shape)
         shape[0], shape[4] = max(-(-rows // self.group), n), s_cap
-        new = old.new_zeros(shape)  # (N_cap, L, 2, Hkv, S_cap, D)
+        new = self._new(old, shape)  # (N_cap, L, 2, Hkv, S_cap, D)
         new[:n, :, :, :, :s] = old[:n, :, :, :, :s]
         self._cross = new
         self._refresh_views()
@@ -290,7 +301,7 @@ class DecoderCache:
         cap = max(int(self._cross.shape[0]) * self.group, r)
         shape = list(self._cross.shape)
         shape[0] = cap
-        new = self._cross.new_zeros(shape)  # (R_cap, L, 2, Hkv, S_cap, D)
+        new = self._new(self._cross, shape)  # (R_cap, L, 2, Hkv, S_cap, D)
         new[:r] = self._cross[:n].index_select(0, rows)
         self._cross = new
         self.group = 1
@@ -315,10 +326,11 @@ class DecoderCache:
             return base
         if spare and 2 * len(moved) > len(idx) and width > 0:
             if self._spare is None or self._spare.shape != base.shape:
-                # Zeros, not empty_like: rows past len(idx) become spare rows that later joins fill only
-                # up to their own length, and attention reads every position up to the longest row
-                # (masked, but 0 × NaN is NaN): uninitialised memory there turned outputs into ⁇.
-                self._spare = torch.zeros_like(base)
+                # Zeros unless the decoder reads only each row's own positions (``zeroed``): rows past
+                # len(idx) become spare rows that later joins fill only up to their own length, and
+                # masked attention reads every position up to the longest row (0 × NaN is NaN):
+                # uninitialised memory there turned outputs into ⁇.
+                self._spare = self._new(base, base.shape)
             out = self._spare
             # Only the ``width`` positions rows hold: the rest of each row is never read before the
             # row writes it (stale but finite values there are masked).

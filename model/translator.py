@@ -145,7 +145,9 @@ class Translator:
         packed = self.packed_encoder()
         if packed is not None:  # CPU fast path: no work on padding
             cross_k, cross_v = packed.encode(src, lengths)
-            cache = DecoderCache(cross_k, cross_v, lengths, capacity=16)
+            stepper = self.stepper()
+            native_reads = isinstance(stepper, LeanDecoder) and stepper.attend is not None
+            cache = DecoderCache(cross_k, cross_v, lengths, capacity=16, zeroed=not native_reads)
         else:
             enc = self.model.encode(src.to(self.device), lengths.to(self.device))
             cache = self.model.init_cache(enc, capacity=16)

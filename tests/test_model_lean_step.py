@@ -2,12 +2,15 @@
 same prepared model, for every architecture variant, beam groups, rows at different positions
 (continuous batching) and int8. With torch's attention it runs the same operations in the same order,
 so logits are equal bit for bit; with the native attention (model/attend.c) they are equal within
-float32 rounding (another summation order and exp), and the K/V it stores in the cache too."""
+float32 rounding (another summation order and exp), and the K/V it stores in the cache too, on a
+cache whose unwritten memory holds NaN (it is not zeroed for the native decoder)."""
 
 from __future__ import annotations
 
 import copy
+import math
 import shutil
+from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 
@@ -74,22 +77,45 @@ def _lean(model: Transformer, use_native: bool) -> LeanDecoder:
     return lean
 
 
+def _new_poisoned(cache: DecoderCache, like: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:
+    """``DecoderCache._new`` where uninitialised memory holds NaN, as recycled memory may."""
+    return like.new_zeros(shape) if cache.zeroed else like.new_full(shape, math.nan)
+
+
+def _poison(cache: DecoderCache) -> None:
+    """Make ``cache`` one the native decoder may use (``zeroed=False``) and fill everything no row
+    has written with NaN: self-attention positions (none written yet) and cross-attention padding.
+    The native attention must never read them (the results compared stay finite and equal)."""
+    cache.zeroed = False
+    cache._self.fill_(math.nan)
+    for k, v in zip(cache.cross_k, cache.cross_v):
+        width = k.shape[2]
+        padding = torch.arange(width)[None, :] >= cache.src_lengths[:: cache.group, None]  # (N, S)
+        k.masked_fill_(padding[:, None, :, None], math.nan)
+        v.masked_fill_(padding[:, None, :, None], math.nan)
+
+
 def _run_both(
     model: Transformer, make_cache: object, steps: int, edit: object = None, *, use_native: bool = False
 ) -> None:
     """Decode ``steps`` greedy steps through the module path and the lean path on twin caches."""
     lean = _lean(model, use_native)
     caches = [make_cache(), make_cache()]  # type: ignore[operator]
+    if use_native:
+        _poison(caches[1])
     tokens = torch.full((caches[0].num_rows,), model.cfg.decoder_start_id)
-    with torch.inference_mode():
+    with torch.inference_mode(), pytest.MonkeyPatch.context() as patch:
+        patch.setattr(DecoderCache, "_new", _new_poisoned)
         for step in range(steps):
             want = model.decode_step(tokens, caches[0])
             got = lean.decode_step(tokens, caches[1])
             if use_native:
                 torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5, msg=f"step {step}")
                 for mine, theirs in zip(caches[1].self_k + caches[1].self_v, caches[0].self_k + caches[0].self_v):
-                    t = caches[0].max_length
-                    torch.testing.assert_close(mine[:, :, :t], theirs[:, :, :t], rtol=1e-4, atol=1e-5)
+                    for row, written in enumerate(caches[0].lengths_host):  # unwritten memory may differ
+                        torch.testing.assert_close(
+                            mine[row, :, :written], theirs[row, :, :written], rtol=1e-4, atol=1e-5
+                        )
             else:
                 assert torch.equal(got, want), f"step {step}"
             assert caches[1].lengths_host == caches[0].lengths_host
@@ -163,7 +189,10 @@ def test_lean_step_stops_at_max_positions() -> None:
 
 def test_cpu_search_uses_the_lean_step_only_on_a_prepared_model(tiny_checkpoint: Path) -> None:
     translator = Translator(tiny_checkpoint, device="cpu")
-    assert isinstance(translator.stepper(), LeanDecoder)
+    stepper = translator.stepper()
+    assert isinstance(stepper, LeanDecoder)
+    # caches skip zeroing exactly when the decoder reads only written positions
+    assert translator.encode(translator.tokenize(["a cat"])).zeroed is (stepper.attend is None)
     plain = copy.deepcopy(Transformer(BASE))
     assert decode_stepper(plain) is plain  # unprepared: the module path (the eager reference)
     with pytest.raises(ValueError, match="prepare_for_inference"):
