@@ -207,6 +207,12 @@ uid=$("$ENGINE" exec "$CONTAINER" id -u)
 [[ $uid != 0 ]] || fail "the server runs as root"
 "$ENGINE" exec "$CONTAINER" sh -c 'touch /opt/ferry/x' 2>/dev/null && fail "the root filesystem is writable"
 say "server runs as uid $uid; root filesystem read-only"
+# The native CPU kernels were compiled into the image (the read-only root cannot build them now).
+kernels=$("$ENGINE" exec "$CONTAINER" python -c \
+  'from ferry.model import native; lib = native.library(); print(lib._name if lib else "")') \
+  || fail "could not ask the container for its native kernels"
+[[ $kernels == /opt/ferry/venv/* ]] || fail "the image has no prebuilt native kernels (got '$kernels')"
+say "native kernels: $kernels"
 
 # --- 4. stop during an in-flight call ---------------------------------------------------------
 DRAIN_LINES=128
