@@ -72,6 +72,70 @@ static inline void attend_head(const float *restrict q, const float *restrict k,
     }
 }
 
+/* Eight floats as one vector (GCC/Clang vector extensions: AVX in the x86-64-v3 clone, SSE or NEON
+ * halves elsewhere); loads and stores through memcpy, so no alignment is assumed. */
+typedef float v8 __attribute__((vector_size(32)));
+#define MAX_CHUNKS 16 /* head sizes up to 128 take the vector path */
+
+static inline v8 load8(const float *p) {
+    v8 v;
+    __builtin_memcpy(&v, p, sizeof v);
+    return v;
+}
+
+static inline float sum8(v8 v) { return ((v[0] + v[4]) + (v[1] + v[5])) + ((v[2] + v[6]) + (v[3] + v[7])); }
+
+/* attend_head for head sizes that are a multiple of 8: the dot products of four positions at a time
+ * run as four independent FMA chains (one chain per position stalls on FMA latency: a third of the
+ * speed), and the output accumulates in registers. */
+static inline void attend_head_v8(const float *restrict q, const float *restrict k, const float *restrict v,
+                                  int64_t pos_stride, int64_t n, int64_t d, float scale, float *restrict s,
+                                  float *restrict out) {
+    int64_t chunks = d / 8;
+    v8 qv[MAX_CHUNKS], acc[MAX_CHUNKS];
+    for (int64_t c = 0; c < chunks; c++) {
+        qv[c] = load8(q + 8 * c);
+        acc[c] = (v8){0};
+    }
+    if (n > 0) {
+        float top = -INFINITY;
+        int64_t t = 0;
+        for (; t + 4 <= n; t += 4) {
+            const float *k0 = k + t * pos_stride, *k1 = k0 + pos_stride, *k2 = k1 + pos_stride, *k3 = k2 + pos_stride;
+            v8 a0 = {0}, a1 = {0}, a2 = {0}, a3 = {0};
+            for (int64_t c = 0; c < chunks; c++) {
+                a0 += qv[c] * load8(k0 + 8 * c);
+                a1 += qv[c] * load8(k1 + 8 * c);
+                a2 += qv[c] * load8(k2 + 8 * c);
+                a3 += qv[c] * load8(k3 + 8 * c);
+            }
+            s[t] = sum8(a0) * scale;
+            s[t + 1] = sum8(a1) * scale;
+            s[t + 2] = sum8(a2) * scale;
+            s[t + 3] = sum8(a3) * scale;
+        }
+        for (; t < n; t++) {
+            const float *kt = k + t * pos_stride;
+            v8 a = {0};
+            for (int64_t c = 0; c < chunks; c++) a += qv[c] * load8(kt + 8 * c);
+            s[t] = sum8(a) * scale;
+        }
+        for (t = 0; t < n; t++) top = s[t] > top ? s[t] : top;
+        float sum = 0.0f;
+        for (t = 0; t < n; t++) {
+            s[t] = exp_nonpositive(s[t] - top);
+            sum += s[t];
+        }
+        float inv = 1.0f / sum;
+        for (t = 0; t < n; t++) {
+            const float *vt = v + t * pos_stride;
+            float p = s[t] * inv;
+            for (int64_t c = 0; c < chunks; c++) acc[c] += p * load8(vt + 8 * c);
+        }
+    }
+    for (int64_t c = 0; c < chunks; c++) __builtin_memcpy(out + 8 * c, &acc[c], sizeof acc[c]);
+}
+
 /* Row r (of `rows`) reads K/V row r / group (beams of one sentence share cross-attention K/V) and
  * its first lengths[r] + extra positions; query head h reads K/V head h / (heads / kv_heads).
  * When new_k is not NULL (self-attention: group 1, extra 1), each row first stores its step's K/V
@@ -119,9 +183,12 @@ int ferry_attend(int64_t rows, int64_t heads, int64_t kv_heads, int64_t head_dim
             int64_t kv = (h / per_kv) * kv_head_stride;
             /* Constant head sizes let the compiler unroll and vectorise the inner loops. */
             if (head_dim == 32)
-                attend_head(qr + h * 32, kr + kv, vr + kv, kv_pos_stride, n, 32, scale, s, o + h * 32);
+                attend_head_v8(qr + h * 32, kr + kv, vr + kv, kv_pos_stride, n, 32, scale, s, o + h * 32);
             else if (head_dim == 64)
-                attend_head(qr + h * 64, kr + kv, vr + kv, kv_pos_stride, n, 64, scale, s, o + h * 64);
+                attend_head_v8(qr + h * 64, kr + kv, vr + kv, kv_pos_stride, n, 64, scale, s, o + h * 64);
+            else if (head_dim % 8 == 0 && head_dim <= 8 * MAX_CHUNKS)
+                attend_head_v8(qr + h * head_dim, kr + kv, vr + kv, kv_pos_stride, n, head_dim, scale, s,
+                               o + h * head_dim);
             else
                 attend_head(qr + h * head_dim, kr + kv, vr + kv, kv_pos_stride, n, head_dim, scale, s,
                             o + h * head_dim);

@@ -26,7 +26,7 @@ from torch.ao.nn.quantized.dynamic import Linear as DynamicLinear
 from . import native
 from .attention import Attention
 from .cache import DecoderCache
-from .fastpath import PackedLinear, fused_activation, gemm_fn
+from .fastpath import PackedLinear, direct_op, fused_activation, gemm_fn
 from .layers import DecoderLayer, EncoderLayer
 from .transformer import Transformer
 
@@ -48,7 +48,9 @@ def linear_fn(module: nn.Module, *, relu: bool = False) -> Linear:
         # int8 step); reduce_range follows the module's serialisation version as forward does.
         packed = module._packed_params._packed_params
         reduce_range = module.version is not None and module.version >= 4
-        op = (torch.ops.quantized.linear_relu_dynamic if relu else torch.ops.quantized.linear_dynamic).default
+        op = direct_op(
+            (torch.ops.quantized.linear_relu_dynamic if relu else torch.ops.quantized.linear_dynamic).default
+        )
         return lambda x: op(x, packed, reduce_range)
     if relu:
         raise ValueError(f"no fused ReLU for {type(module).__name__}")
