@@ -44,15 +44,15 @@ static inline float exp_nonpositive(float x) {
     return p * scale;
 }
 
-/* out[0:D] = softmax(q . k_t * scale for t < n) . v_t; k_t = k + t * pos_stride (same for v). */
+/* out[0:D] = softmax(q . k_t * scale for t < n) . v_t; k_t = k + off[t] (same for v). */
 static inline void attend_head(const float *restrict q, const float *restrict k, const float *restrict v,
-                               int64_t pos_stride, int64_t n, int64_t d, float scale, float *restrict s,
+                               const int64_t *restrict off, int64_t n, int64_t d, float scale, float *restrict s,
                                float *restrict out) {
     for (int64_t i = 0; i < d; i++) out[i] = 0.0f;
     if (n <= 0) return;
     float top = -INFINITY;
     for (int64_t t = 0; t < n; t++) {
-        const float *kt = k + t * pos_stride;
+        const float *kt = k + off[t];
         float acc = 0.0f;
         for (int64_t i = 0; i < d; i++) acc += q[i] * kt[i];
         acc *= scale;
@@ -66,7 +66,7 @@ static inline void attend_head(const float *restrict q, const float *restrict k,
     }
     float inv = 1.0f / sum;
     for (int64_t t = 0; t < n; t++) {
-        const float *vt = v + t * pos_stride;
+        const float *vt = v + off[t];
         float p = s[t] * inv;
         for (int64_t i = 0; i < d; i++) out[i] += p * vt[i];
     }
@@ -89,8 +89,8 @@ static inline float sum8(v8 v) { return ((v[0] + v[4]) + (v[1] + v[5])) + ((v[2]
  * run as four independent FMA chains (one chain per position stalls on FMA latency: a third of the
  * speed), and the output accumulates in registers. */
 static inline void attend_head_v8(const float *restrict q, const float *restrict k, const float *restrict v,
-                                  int64_t pos_stride, int64_t n, int64_t d, float scale, float *restrict s,
-                                  float *restrict out) {
+                                  const int64_t *restrict off, int64_t n, int64_t d, float scale,
+                                  float *restrict s, float *restrict out) {
     int64_t chunks = d / 8;
     v8 qv[MAX_CHUNKS], acc[MAX_CHUNKS];
     for (int64_t c = 0; c < chunks; c++) {
@@ -101,7 +101,7 @@ static inline void attend_head_v8(const float *restrict q, const float *restrict
         float top = -INFINITY;
         int64_t t = 0;
         for (; t + 4 <= n; t += 4) {
-            const float *k0 = k + t * pos_stride, *k1 = k0 + pos_stride, *k2 = k1 + pos_stride, *k3 = k2 + pos_stride;
+            const float *k0 = k + off[t], *k1 = k + off[t + 1], *k2 = k + off[t + 2], *k3 = k + off[t + 3];
             v8 a0 = {0}, a1 = {0}, a2 = {0}, a3 = {0};
             for (int64_t c = 0; c < chunks; c++) {
                 a0 += qv[c] * load8(k0 + 8 * c);
@@ -115,7 +115,7 @@ static inline void attend_head_v8(const float *restrict q, const float *restrict
             s[t + 3] = sum8(a3) * scale;
         }
         for (; t < n; t++) {
-            const float *kt = k + t * pos_stride;
+            const float *kt = k + off[t];
             v8 a = {0};
             for (int64_t c = 0; c < chunks; c++) a += qv[c] * load8(kt + 8 * c);
             s[t] = sum8(a) * scale;
@@ -128,7 +128,7 @@ static inline void attend_head_v8(const float *restrict q, const float *restrict
         }
         float inv = 1.0f / sum;
         for (t = 0; t < n; t++) {
-            const float *vt = v + t * pos_stride;
+            const float *vt = v + off[t];
             float p = s[t] * inv;
             for (int64_t c = 0; c < chunks; c++) acc[c] += p * load8(vt + 8 * c);
         }
@@ -136,18 +136,21 @@ static inline void attend_head_v8(const float *restrict q, const float *restrict
     for (int64_t c = 0; c < chunks; c++) __builtin_memcpy(out + 8 * c, &acc[c], sizeof acc[c]);
 }
 
-/* Row r (of `rows`) reads K/V row r / group (beams of one sentence share cross-attention K/V) and
- * its first lengths[r] + extra positions; query head h reads K/V head h / (heads / kv_heads).
+/* Row r (of `rows`) attends to its first n = lengths[r] + extra positions; query head h reads K/V
+ * head h / (heads / kv_heads). Position t of row r is read from K/V row table[r][t] when `table` is
+ * not NULL (beam search without moving the cache: a reorder rewrites only the table), else from row
+ * r / group (beams of one sentence share cross-attention K/V).
  * When new_k is not NULL (self-attention: group 1, extra 1), each row first stores its step's K/V
- * (new_k/new_v + r * new_row_stride, heads `head_dim` apart) at position lengths[r].
+ * (new_k/new_v + r * new_row_stride, heads `head_dim` apart) at its own row, position lengths[r],
+ * and records that row in table[r][lengths[r]].
  * Element strides: q and out rows; K/V rows, heads and positions (the head dimension is contiguous
  * everywhere; q and out heads are `head_dim` apart). Returns 0, or -1 if scratch memory ran out. */
 FERRY_CLONES
 int ferry_attend(int64_t rows, int64_t heads, int64_t kv_heads, int64_t head_dim, int64_t group,
                  const float *q, int64_t q_row_stride, float *k, float *v, int64_t kv_row_stride,
                  int64_t kv_head_stride, int64_t kv_pos_stride, const int64_t *lengths, int64_t extra,
-                 const float *new_k, const float *new_v, int64_t new_row_stride, float scale, float *out,
-                 int64_t out_row_stride) {
+                 int64_t *table, int64_t table_stride, const float *new_k, const float *new_v,
+                 int64_t new_row_stride, float scale, float *out, int64_t out_row_stride) {
     if (new_k != NULL) {
         for (int64_t r = 0; r < rows; r++) {
             float *kr = k + r * kv_row_stride + lengths[r] * kv_pos_stride;
@@ -159,6 +162,7 @@ int ferry_attend(int64_t rows, int64_t heads, int64_t kv_heads, int64_t head_dim
                     kr[h * kv_head_stride + i] = nk[h * head_dim + i];
                     vr[h * kv_head_stride + i] = nv[h * head_dim + i];
                 }
+            if (table != NULL) table[r * table_stride + lengths[r]] = r;
         }
     }
     int64_t longest = 0;
@@ -167,34 +171,43 @@ int ferry_attend(int64_t rows, int64_t heads, int64_t kv_heads, int64_t head_dim
         longest = n > longest ? n : longest;
     }
     float stack[STACK_POSITIONS];
+    int64_t off_stack[STACK_POSITIONS];
     float *s = stack;
+    int64_t *off = off_stack;
     if (longest > STACK_POSITIONS) {
         s = (float *)malloc((size_t)longest * sizeof(float));
-        if (s == NULL) return -1;
+        off = (int64_t *)malloc((size_t)longest * sizeof(int64_t));
+        if (s == NULL || off == NULL) {
+            free(s);
+            free(off);
+            return -1;
+        }
     }
     int64_t per_kv = heads / kv_heads;
     for (int64_t r = 0; r < rows; r++) {
         int64_t n = lengths[r] + extra;
+        const int64_t *where = table != NULL ? table + r * table_stride : NULL;
+        int64_t own = (r / group) * kv_row_stride;
+        for (int64_t t = 0; t < n; t++) off[t] = (where != NULL ? where[t] * kv_row_stride : own) + t * kv_pos_stride;
         const float *qr = q + r * q_row_stride;
-        const float *kr = k + (r / group) * kv_row_stride;
-        const float *vr = v + (r / group) * kv_row_stride;
         float *o = out + r * out_row_stride;
         for (int64_t h = 0; h < heads; h++) {
             int64_t kv = (h / per_kv) * kv_head_stride;
             /* Constant head sizes let the compiler unroll and vectorise the inner loops. */
             if (head_dim == 32)
-                attend_head_v8(qr + h * 32, kr + kv, vr + kv, kv_pos_stride, n, 32, scale, s, o + h * 32);
+                attend_head_v8(qr + h * 32, k + kv, v + kv, off, n, 32, scale, s, o + h * 32);
             else if (head_dim == 64)
-                attend_head_v8(qr + h * 64, kr + kv, vr + kv, kv_pos_stride, n, 64, scale, s, o + h * 64);
+                attend_head_v8(qr + h * 64, k + kv, v + kv, off, n, 64, scale, s, o + h * 64);
             else if (head_dim % 8 == 0 && head_dim <= 8 * MAX_CHUNKS)
-                attend_head_v8(qr + h * head_dim, kr + kv, vr + kv, kv_pos_stride, n, head_dim, scale, s,
-                               o + h * head_dim);
+                attend_head_v8(qr + h * head_dim, k + kv, v + kv, off, n, head_dim, scale, s, o + h * head_dim);
             else
-                attend_head(qr + h * head_dim, kr + kv, vr + kv, kv_pos_stride, n, head_dim, scale, s,
-                            o + h * head_dim);
+                attend_head(qr + h * head_dim, k + kv, v + kv, off, n, head_dim, scale, s, o + h * head_dim);
         }
     }
-    if (s != stack) free(s);
+    if (s != stack) {
+        free(s);
+        free(off);
+    }
     return 0;
 }
 

@@ -15,6 +15,36 @@ import torch
 from torch import Tensor
 
 
+def _placement(history: list[list[int]], group: int) -> dict[int, int] | None:
+    """Where each K/V row that new rows' histories (``history``: per new row, the K/V row of each
+    position) use goes, as ``{K/V row: new row}``. Rows come in blocks of ``group`` (a sentence's
+    beams). A K/V row inside a block that reads it stays where it is (sentences that did not move
+    copy nothing); any other goes to a free row of a block reading it, so a sentence's history
+    stays among its own rows and a later selection keeping whole sentences finds every K/V row it
+    needs among the rows it keeps. ``None`` when some K/V row finds no free row."""
+    n = len(history)
+    readers: dict[int, list[int]] = {}
+    for row, positions in enumerate(history):
+        for u in dict.fromkeys(positions):
+            readers.setdefault(u, []).append(row)
+    place: dict[int, int] = {}
+    for u, rows in readers.items():
+        if u < n and any(r // group == u // group for r in rows):
+            place[u] = u
+    taken = set(place.values())
+    for u in sorted(readers):
+        if u in place:
+            continue
+        blocks = sorted({r // group for r in readers[u]})
+        candidates = (r for b in blocks for r in range(b * group, min(b * group + group, n)))
+        free = next((r for r in candidates if r not in taken), None)
+        if free is None:
+            return None
+        place[u] = free
+        taken.add(free)
+    return place
+
+
 class DecoderCache:
     """Per-layer K/V for ``R`` decoder rows.
 
@@ -46,6 +76,7 @@ class DecoderCache:
         max_rows: int | None = None,
         max_positions: int | None = None,
         zeroed: bool = True,
+        indirect: bool = False,
     ) -> None:
         if len(cross_k) != len(cross_v):
             raise ValueError("cross_k and cross_v need one tensor per layer each")
@@ -60,6 +91,10 @@ class DecoderCache:
         buffers are then left uninitialised, which saves zeroing every growth and spare buffer."""
         self._self = self._new(ref, (rows, layers, 2, kv_heads, capacity, head_dim))  # (R_cap, L, 2, Hkv, T_cap, D)
         self._spare: Tensor | None = None  # same shape as _self, allocated on the first full reorder
+        self._table: Tensor | None = None
+        """``indirect``: (R_cap, T_cap) int64, the K/V row holding each row's position (see ``row_table``)."""
+        if indirect:
+            self._table = self._identity_table(rows, capacity, ref.device)
         self.group = 1
         """Consecutive rows sharing one cross-attention row (beams of one sentence)."""
         self.src_lengths = src_lengths
@@ -76,6 +111,40 @@ class DecoderCache:
         self.max_positions = max_positions
         """Most self-attention positions the buffers grow to (the model's decoding limit)."""
         self._refresh_views()
+
+    @property
+    def indirect(self) -> bool:
+        """Beam reorders rewrite only ``row_table``, never the K/V (for the native attention, which
+        reads position ``t`` of row ``r`` from K/V row ``row_table[r, t]``). Each (row, position)
+        slot is written once, by the row there at that step, so a reorder only has to give row ``i``
+        the table row of ``indices[i]``; moves between sequences (``select_rows``) still move K/V
+        and remap the table. Without it, rows hold their own history (what masked SDPA reads)."""
+        return self._table is not None
+
+    @property
+    def row_table(self) -> Tensor | None:
+        """(R_cap, T_cap) int64 K/V row of each row's positions (``indirect`` caches), else ``None``.
+        Only positions below a row's length are meaningful."""
+        return self._table
+
+    @staticmethod
+    def _identity_table(rows: int, capacity: int, device: torch.device) -> Tensor:
+        """(rows, capacity) table where every row reads its own K/V row."""
+        return torch.arange(rows, device=device)[:, None].repeat(1, capacity)  # (R_cap, T_cap)
+
+    def self_kv(self, layer: int) -> tuple[Tensor, Tensor]:
+        """Each row's own K and V history for ``layer`` in row order, (R, Hkv, T, D) copies with T the
+        longest row (what an indirect cache's table points at; for inspection and tests)."""
+        t = self.max_length
+        k, v = self.self_k[layer][:, :, :t], self.self_v[layer][:, :, :t]
+        if self._table is None:
+            return k.clone(), v.clone()
+        base_k, base_v = self._self[:, layer, 0], self._self[:, layer, 1]  # (R_cap, Hkv, T_cap, D)
+        rows = self._table[: self.num_rows, :t]  # (R, T)
+        positions = torch.arange(t, device=rows.device)[None, :].expand_as(rows)  # (R, T)
+        gathered_k = base_k[rows, :, positions]  # (R, T, Hkv, D)
+        gathered_v = base_v[rows, :, positions]
+        return gathered_k.transpose(1, 2).contiguous(), gathered_v.transpose(1, 2).contiguous()
 
     def _new(self, like: Tensor, shape: Sequence[int]) -> Tensor:
         """A buffer of ``like``'s dtype and device: zeros, or uninitialised unless ``zeroed``."""
@@ -123,7 +192,7 @@ class DecoderCache:
 
     def size_bytes(self) -> int:
         """Bytes held by all K/V buffers (allocated capacity, spare rows and reorder buffer included)."""
-        tensors = [t for t in (self._self, self._cross, self._spare) if t is not None]
+        tensors = [t for t in (self._self, self._cross, self._spare, self._table) if t is not None]
         return sum(t.numel() * t.element_size() for t in tensors)
 
     # ------------------------------------------------------------------ step
@@ -178,6 +247,10 @@ class DecoderCache:
         new = self._new(old, shape)  # (N_cap, L, 2, Hkv, S_cap, D)
         new[:n, :, :, :, :s] = old[:n, :, :, :, :s]
         self._cross = new
+        if self._table is not None:
+            table = self._identity_table(rows, t_cap, self._table.device)  # (R_cap, T_cap)
+            table[:r, :t] = self._table[:r, :t]
+            self._table = table
         self._refresh_views()
 
     def reserve_step(self) -> int:
@@ -194,6 +267,12 @@ class DecoderCache:
         returns the additive float masks (0 where a query may look, -inf elsewhere) of
         self-attention ((R, 1, 1, T), or ``None`` when every row is at the same position, so nothing
         needs masking) and cross-attention ((R / group, 1, 1, S), built once until rows change)."""
+        if self._table is not None or not self.zeroed:
+            raise ValueError(
+                "this decoder cache is laid out for the native attention (row table, memory not zeroed): "
+                "masked attention would read it wrongly; decode it with the stepper that made it "
+                "(Translator.decode_step)"
+            )
         t = self.reserve_step()
         if self.uniform:  # offline decoding: every row writes position t - 1, a plain slice store
             self._step_rows = None
@@ -247,7 +326,12 @@ class DecoderCache:
         if indices.numel() != self.num_rows:
             raise ValueError(f"reorder needs {self.num_rows} indices, got {indices.numel()}; use select_rows")
         idx = indices.tolist()
-        self._take_self(idx, indices)
+        if self._table is not None:  # the K/V stay where they are: only the table follows
+            w = self.max_length
+            if w:
+                self._table[: len(idx), :w] = self._table.index_select(0, indices)[:, :w]
+        else:
+            self._take_self(idx, indices)
         self.lengths = self.lengths.index_select(0, indices)
         self.lengths_host = [self.lengths_host[i] for i in idx]
 
@@ -264,7 +348,10 @@ class DecoderCache:
                 self._ungroup()
                 cross_idx = idx
             new_group = self.group
-        self._take_self(idx, indices)
+        if self._table is not None:
+            self._select_indirect(idx, indices, new_group)
+        else:
+            self._take_self(idx, indices)
         if cross_idx is not None:
             self._cross = self._take_rows(self._cross, cross_idx, self._src_width, spare=False)
         self.group = new_group
@@ -312,6 +399,60 @@ class DecoderCache:
         self._self = self._take_rows(base, idx, self.max_length, spare=True)
         if self._self is not base:
             self._refresh_self_views()
+
+    def _select_indirect(self, idx: list[int], indices: Tensor, group: int) -> None:
+        """``select_rows`` for an indirect cache. New row ``i`` reads the history of old row
+        ``indices[i]``, which may lie in K/V rows no new row continues (a beam dropped this step).
+        When every new row is at the same position ``w`` (offline decoding), each K/V row those
+        histories use stays or moves into the block of ``group`` new rows reading it
+        (``_placement``) and the table is renamed to match: rows write their next positions
+        (``>= w``) into their own K/V row, past every position a table names, so a K/V row may hold
+        one row's history and another row's future. Rows at different positions (continuous
+        batching), or histories spread over more K/V rows than remain, get each history copied into
+        its own row instead (``_materialize``)."""
+        table = self._table
+        assert table is not None
+        n, w = indices.numel(), self.max_length
+        if w:
+            history = table.index_select(0, indices)[:, :w]  # (R', w) K/V row of each position
+            lengths = {self.lengths_host[i] for i in idx}
+            place = _placement(history.tolist(), group) if len(lengths) == 1 else None
+            if place is None:
+                self._materialize(history)
+                return
+            old_rows = int(self._self.shape[0])
+            take = [i if i < old_rows else 0 for i in range(n)]  # rows no history moves into: as they are
+            for u, i in place.items():
+                take[i] = u
+            self._self = self._take_rows(self._self, take, w, spare=True)  # K/V row place[u] <- row u
+            renamed = torch.zeros(table.shape[0], dtype=torch.long, device=table.device)
+            used = torch.tensor(list(place), dtype=torch.long, device=table.device)
+            renamed[used] = torch.tensor(list(place.values()), dtype=torch.long, device=table.device)
+            history = renamed[history]
+        if self._self.shape[0] < n:  # more rows than the buffers hold (a beam expansion at w = 0)
+            old = self._self
+            shape = list(old.shape)
+            shape[0] = n
+            grown = self._new(old, shape)  # (R', L, 2, Hkv, T_cap, D)
+            grown[: old.shape[0], :, :, :, :w] = old[:, :, :, :, :w]
+            self._self, self._spare = grown, None
+        if table.shape[0] < self._self.shape[0]:
+            table = self._table = self._identity_table(int(self._self.shape[0]), int(table.shape[1]), table.device)
+        if w:
+            table[:n, :w] = history
+
+    def _materialize(self, history: Tensor) -> None:
+        """Copy each new row's history (``history``: (R', w) K/V rows) into its own K/V row and reset
+        the table to identity (the indirect cache's fallback when histories use more rows than remain)."""
+        n, w = history.shape
+        positions = torch.arange(w, device=history.device)[None, :].expand(n, w)  # (R', w)
+        gathered = self._self[history, :, :, :, positions]  # (R', w, L, 2, Hkv, D)
+        shape = list(self._self.shape)
+        shape[0] = max(n, shape[0])
+        new = self._new(self._self, shape)  # (R_cap, L, 2, Hkv, T_cap, D)
+        new[:n, :, :, :, :w] = gathered.permute(0, 2, 3, 4, 1, 5)  # (R', L, 2, Hkv, w, D)
+        self._self, self._spare = new, None
+        self._table = self._identity_table(shape[0], int(shape[4]), history.device)
 
     def _take_rows(self, base: Tensor, idx: list[int], width: int, *, spare: bool) -> Tensor:
         """``base`` with row ``i`` holding old row ``idx[i]`` (in place when the rows fit). Few
@@ -364,6 +505,11 @@ class DecoderCache:
             self._reallocate(rows, t_cap, max(width, self.source_capacity))
         t_other, s_other = other.max_length, other._src_width
         self._self[r : r + extra, :, :, :, :t_other] = other._self[:extra, :, :, :, :t_other]
+        if self._table is not None:  # the joined rows' entries, shifted past the running rows
+            if other._table is not None:
+                self._table[r : r + extra, :t_other] = other._table[:extra, :t_other] + r
+            else:
+                self._table[r : r + extra, :t_other] = torch.arange(r, r + extra, device=self._table.device)[:, None]
         self._cross[n : n + n_extra, :, :, :, :s_other] = other._cross[:n_extra, :, :, :, :s_other]
         self.lengths = torch.cat([self.lengths, other.lengths])
         self.lengths_host = self.lengths_host + other.lengths_host

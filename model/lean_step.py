@@ -219,17 +219,18 @@ class LeanDecoder:
 
     def _native_step(self, tokens: Tensor, cache: DecoderCache, attend: native.Attention) -> Tensor:
         """``decode_step`` with both attentions in ``model/attend.c``: each row stores its K/V and
-        attends over its own ``lengths`` (no masks, no padded positions read)."""
+        attends over its own ``lengths`` (no masks, no padded positions read), through the cache's
+        row table when it has one (beam reorders that move no K/V)."""
         cache.reserve_step()
         qd, kd = self.heads * self.head_dim, self.kv_heads * self.head_dim
         g, pre = cache.group, self.pre
-        lengths, src_lengths = cache.lengths, cache.src_lengths
+        lengths, src_lengths, table = cache.lengths, cache.src_lengths, cache.row_table
         x = self._embed(tokens, cache)  # (R, d)
         for i, w in enumerate(self.layers):
             y = w.self_norm(x) if pre else x
             qkv = w.qkv(y)  # (R, (H + 2 Hkv) D)
             k_new, v_new = qkv[:, qd : qd + kd], qkv[:, qd + kd :]  # (R, Hkv D) each
-            a = attend(qkv, cache.self_k[i], cache.self_v[i], lengths, extra=1, new_k=k_new, new_v=v_new)
+            a = attend(qkv, cache.self_k[i], cache.self_v[i], lengths, extra=1, new_k=k_new, new_v=v_new, table=table)
             x = x + w.self_out(a)  # (R, d)
             if not pre:
                 x = w.self_norm(x)

@@ -101,6 +101,8 @@ def _load(path: Path) -> ctypes.CDLL:
         _ptr,
         _i64,  # lengths, extra
         _ptr,
+        _i64,  # table, table row stride
+        _ptr,
         _ptr,
         _i64,  # new_k, new_v, new row stride
         ctypes.c_float,  # scale
@@ -142,7 +144,10 @@ class Attention:
     are (R / group, Hkv, T, D) views with the head dimension contiguous (the cache's buffers), float32
     on the CPU; ``lengths`` (R,) int64: row ``r`` attends to its first ``lengths[r] + extra``
     positions. With ``new_k``/``new_v`` ((R, Hkv D) rows), row ``r`` first stores them at position
-    ``lengths[r]`` (the self-attention step: the cache write and the attention in one call)."""
+    ``lengths[r]`` (the self-attention step: the cache write and the attention in one call). With
+    ``table`` ((>= R, >= T) int64, rows contiguous), position ``t`` of row ``r`` is read from K/V row
+    ``table[r, t]``, and a store records ``table[r, lengths[r]] = r`` (``DecoderCache``'s
+    indirect beam reorders)."""
 
     def __init__(self, lib: ctypes.CDLL, heads: int, kv_heads: int, head_dim: int) -> None:
         self._fn = lib.ferry_attend
@@ -160,6 +165,7 @@ class Attention:
         group: int = 1,
         new_k: Tensor | None = None,
         new_v: Tensor | None = None,
+        table: Tensor | None = None,
     ) -> Tensor:
         rows = q.shape[0]
         h, d = self.heads, self.head_dim
@@ -177,6 +183,11 @@ class Attention:
             raise ValueError("native attention needs float32 CPU tensors, head dimension contiguous, int64 lengths")
         if not lengths.is_contiguous():
             lengths = lengths.contiguous()
+        table_ptr, table_stride = None, 0
+        if table is not None:
+            if table.dtype != torch.int64 or table.stride(1) != 1 or table.shape[0] < rows:
+                raise ValueError("the row table must be int64 with contiguous rows, one per query row")
+            table_ptr, table_stride = table.data_ptr(), table.stride(0)
         out = q.new_empty(rows, h * d)  # (R, H D)
         new_ptr_k = new_ptr_v = None
         new_stride = 0
@@ -197,6 +208,8 @@ class Attention:
             ks[2],
             lengths.data_ptr(),
             extra,
+            table_ptr,
+            table_stride,
             new_ptr_k,
             new_ptr_v,
             new_stride,

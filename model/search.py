@@ -232,6 +232,7 @@ class BeamSearcher(_SearcherBase):
         sel_tokens: list[int] = []
         sel_sums: list[float] = []
         keep_seqs: list[int] = []
+        kept: dict[int, tuple[list[int], list[int], list[float]]] = {}
         finished: list[tuple[Hashable, list[Hypothesis]]] = []
         for si, seq in enumerate(self.seqs):
             seq.steps += 1
@@ -271,11 +272,17 @@ class BeamSearcher(_SearcherBase):
                 sums.append(-math.inf)
             seq.beams = new_beams
             keep_seqs.append(si)
+            kept[si] = (rows, toks, sums)
+
+        # Sentences that finish leave holes that the last sentences fill (``fill_holes``): the
+        # decoder state then moves only those sentences' rows, not every row after the first hole.
+        order = fill_holes(keep_seqs) if finished else keep_seqs
+        for si in order:
+            rows, toks, sums = kept[si]
             sel_rows.extend(rows)
             sel_tokens.extend(toks)
             sel_sums.extend(sums)
-
-        self.seqs = [self.seqs[i] for i in keep_seqs]
+        self.seqs = [self.seqs[i] for i in order]
         rows_t = torch.tensor(sel_rows, dtype=torch.long, device=self.device)
         self.sums = torch.tensor(sel_sums, dtype=torch.float, device=self.device)
         self.next_tokens = torch.tensor(sel_tokens, dtype=torch.long, device=self.device)

@@ -147,7 +147,7 @@ class Translator:
             cross_k, cross_v = packed.encode(src, lengths)
             stepper = self.stepper()
             native_reads = isinstance(stepper, LeanDecoder) and stepper.attend is not None
-            cache = DecoderCache(cross_k, cross_v, lengths, capacity=16, zeroed=not native_reads)
+            cache = DecoderCache(cross_k, cross_v, lengths, capacity=16, zeroed=not native_reads, indirect=native_reads)
         else:
             enc = self.model.encode(src.to(self.device), lengths.to(self.device))
             cache = self.model.init_cache(enc, capacity=16)

@@ -87,6 +87,8 @@ def _poison(cache: DecoderCache) -> None:
     has written with NaN: self-attention positions (none written yet) and cross-attention padding.
     The native attention must never read them (the results compared stay finite and equal)."""
     cache.zeroed = False
+    cache._table = DecoderCache._identity_table(cache.row_capacity, cache.capacity, cache.lengths.device)
+    assert cache.indirect
     cache._self.fill_(math.nan)
     for k, v in zip(cache.cross_k, cache.cross_v):
         width = k.shape[2]
@@ -111,11 +113,12 @@ def _run_both(
             got = lean.decode_step(tokens, caches[1])
             if use_native:
                 torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5, msg=f"step {step}")
-                for mine, theirs in zip(caches[1].self_k + caches[1].self_v, caches[0].self_k + caches[0].self_v):
-                    for row, written in enumerate(caches[0].lengths_host):  # unwritten memory may differ
-                        torch.testing.assert_close(
-                            mine[row, :, :written], theirs[row, :, :written], rtol=1e-4, atol=1e-5
-                        )
+                for layer in range(caches[0].num_layers):  # each row's history, read through the table
+                    for mine, theirs in zip(caches[1].self_kv(layer), caches[0].self_kv(layer)):
+                        for row, written in enumerate(caches[0].lengths_host):  # unwritten memory differs
+                            torch.testing.assert_close(
+                                mine[row, :, :written], theirs[row, :, :written], rtol=1e-4, atol=1e-5
+                            )
             else:
                 assert torch.equal(got, want), f"step {step}"
             assert caches[1].lengths_host == caches[0].lengths_host
@@ -143,12 +146,20 @@ def test_lean_step_with_beam_groups_and_reorders(name: str, use_native: bool) ->
         return cache
 
     def reorder(step: int, caches: list[DecoderCache], tokens: torch.Tensor) -> torch.Tensor:
-        order = torch.tensor([2, 0, 0, 4, 5, 3]) if step % 2 else torch.tensor([0, 0, 1, 3, 3, 5])
+        if step == 3:  # a sentence finishes while the other's beams are reordered in the same edit
+            keep = torch.tensor([2, 2, 0])
+            for cache in caches:
+                cache.select_rows(keep)
+            return tokens[keep]
+        if tokens.numel() == 3:
+            order = torch.tensor([1, 0, 0]) if step % 2 else torch.tensor([2, 2, 1])
+        else:
+            order = torch.tensor([2, 0, 0, 4, 5, 3]) if step % 2 else torch.tensor([0, 0, 1, 3, 3, 5])
         for cache in caches:
             cache.reorder(order)
         return tokens[order]
 
-    _run_both(model, beams, steps=6, edit=reorder, use_native=use_native)
+    _run_both(model, beams, steps=8, edit=reorder, use_native=use_native)
 
 
 @pytest.mark.parametrize("use_native", NATIVE)
@@ -209,3 +220,45 @@ def test_served_steps_go_through_the_lean_step(tiny_checkpoint: Path, monkeypatc
     with torch.inference_mode():
         translator.decode_step(torch.tensor([translator.model.cfg.decoder_start_id]), cache)
     assert calls == [1]
+
+
+def test_masked_attention_refuses_a_cache_laid_out_for_the_native_one(tiny_checkpoint: Path) -> None:
+    translator = Translator(tiny_checkpoint, device="cpu")
+    cache = translator.encode(translator.tokenize(["red cat runs"]))
+    if not cache.indirect:
+        pytest.skip("the native attention is not available here: caches are plain")
+    with torch.inference_mode(), pytest.raises(ValueError, match="native attention"):
+        translator.model.decode_step(torch.tensor([translator.model.cfg.decoder_start_id]), cache)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_native_step_through_random_beam_edits(seed: int) -> None:
+    """Beam reorders (the row table alone moves) and sentences leaving with their beams reordered in
+    the same edit (K/V rows move, the table is renamed), at random, against the module path."""
+    if shutil.which("cc") is None:
+        pytest.skip("no C compiler to build model/attend.c")
+    model = _model(VARIANTS["grouped-query"])
+    rng = torch.Generator().manual_seed(seed)
+    beams = 3
+
+    def start() -> DecoderCache:
+        cache = _cache(model, [6, 4, 5, 3], seed=seed)
+        cache.select_rows(torch.arange(4).repeat_interleave(beams))
+        return cache
+
+    def edit(step: int, caches: list[DecoderCache], tokens: torch.Tensor) -> torch.Tensor:
+        sentences = tokens.numel() // beams
+        # every row takes a random beam of its own sentence
+        order = torch.cat([s * beams + torch.randint(0, beams, (beams,), generator=rng) for s in range(sentences)])
+        if sentences > 1 and torch.rand(1, generator=rng).item() < 0.4:  # one sentence leaves
+            gone = int(torch.randint(0, sentences, (1,), generator=rng))
+            keep = [s for s in range(sentences) if s != gone]
+            order = torch.cat([order[s * beams : (s + 1) * beams] for s in keep])
+            for cache in caches:
+                cache.select_rows(order)
+        else:
+            for cache in caches:
+                cache.reorder(order)
+        return tokens[order]
+
+    _run_both(model, start, steps=10, edit=edit, use_native=True)

@@ -129,9 +129,9 @@ def test_beam_1_equals_greedy_on_a_real_model(tiny_checkpoint: Path, tiny_pairs:
     limits = [t.output_limit(len(r), None) for r in rows]
     ids = list(range(len(rows)))
     with torch.inference_mode():
-        greedy = run_search(t.model, t.encode(rows), make_searcher(1, **common), ids, limits)  # type: ignore[arg-type]
+        greedy = run_search(t.stepper(), t.encode(rows), make_searcher(1, **common), ids, limits)  # type: ignore[arg-type]
         beam1 = run_search(
-            t.model,
+            t.stepper(),
             t.encode(rows),
             make_searcher(1, greedy_for_beam_1=False, **common),
             ids,
