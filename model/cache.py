@@ -403,20 +403,19 @@ class DecoderCache:
     def _select_indirect(self, idx: list[int], indices: Tensor, group: int) -> None:
         """``select_rows`` for an indirect cache. New row ``i`` reads the history of old row
         ``indices[i]``, which may lie in K/V rows no new row continues (a beam dropped this step).
-        When every new row is at the same position ``w`` (offline decoding), each K/V row those
-        histories use stays or moves into the block of ``group`` new rows reading it
-        (``_placement``) and the table is renamed to match: rows write their next positions
-        (``>= w``) into their own K/V row, past every position a table names, so a K/V row may hold
-        one row's history and another row's future. Rows at different positions (continuous
-        batching), or histories spread over more K/V rows than remain, get each history copied into
-        its own row instead (``_materialize``)."""
+        Each K/V row those histories use stays or moves into the block of ``group`` new rows (one
+        sentence's beams) reading it (``_placement``), and the table is renamed to match. A row
+        writes its next positions into its own K/V row, past every position its sentence's table
+        names there (a sentence's beams are all at one position), so a K/V row may hold one beam's
+        history and another beam's future. Histories spread over more K/V rows than their sentence
+        keeps get each history copied into its own row instead (``_materialize``)."""
         table = self._table
         assert table is not None
         n, w = indices.numel(), self.max_length
         if w:
             history = table.index_select(0, indices)[:, :w]  # (R', w) K/V row of each position
-            lengths = {self.lengths_host[i] for i in idx}
-            place = _placement(history.tolist(), group) if len(lengths) == 1 else None
+            written = [row[: self.lengths_host[i]] for row, i in zip(history.tolist(), idx)]  # past it: stale
+            place = _placement(written, group)
             if place is None:
                 self._materialize(history)
                 return

@@ -231,10 +231,11 @@ def test_masked_attention_refuses_a_cache_laid_out_for_the_native_one(tiny_check
         translator.model.decode_step(torch.tensor([translator.model.cfg.decoder_start_id]), cache)
 
 
-@pytest.mark.parametrize("seed", range(4))
+@pytest.mark.parametrize("seed", range(6))
 def test_native_step_through_random_beam_edits(seed: int) -> None:
-    """Beam reorders (the row table alone moves) and sentences leaving with their beams reordered in
-    the same edit (K/V rows move, the table is renamed), at random, against the module path."""
+    """Beam reorders (the row table alone moves), sentences leaving with their beams reordered in the
+    same edit (K/V rows move, the table is renamed) and sentences joining at other positions, at
+    random, against the module path."""
     if shutil.which("cc") is None:
         pytest.skip("no C compiler to build model/attend.c")
     model = _model(VARIANTS["grouped-query"])
@@ -247,6 +248,13 @@ def test_native_step_through_random_beam_edits(seed: int) -> None:
         return cache
 
     def edit(step: int, caches: list[DecoderCache], tokens: torch.Tensor) -> torch.Tensor:
+        if torch.rand(1, generator=rng).item() < 0.25:  # a sentence joins, at position 0 (continuous batching)
+            source_length = int(torch.randint(2, 7, (1,), generator=rng))
+            for cache in caches:
+                joining = _cache(model, [source_length], seed=step)
+                joining.select_rows(torch.zeros(beams, dtype=torch.long))
+                cache.extend(joining)
+            tokens = torch.cat([tokens, torch.full((beams,), model.cfg.decoder_start_id)])
         sentences = tokens.numel() // beams
         # every row takes a random beam of its own sentence
         order = torch.cat([s * beams + torch.randint(0, beams, (beams,), generator=rng) for s in range(sentences)])
@@ -262,3 +270,12 @@ def test_native_step_through_random_beam_edits(seed: int) -> None:
         return tokens[order]
 
     _run_both(model, start, steps=10, edit=edit, use_native=True)
+
+
+def test_native_step_when_histories_are_copied_out(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The fallback of an indirect selection (each history copied into its own row) decodes the same."""
+    from ferry.model import cache as cache_module
+
+    monkeypatch.setattr(cache_module, "_placement", lambda history, group: None)
+    for seed in range(2):
+        test_native_step_through_random_beam_edits(seed)
