@@ -105,11 +105,13 @@ RUN pip install --no-deps --no-build-isolation ".[server]" \
 # ferry's native CPU kernels (model/attend.c: decoder attention, search top-k), compiled beside
 # the installed package, where ferry looks first: the runtime stage has no compiler and a
 # read-only root filesystem. The library carries an AVX2/FMA and a baseline x86-64 version and
-# picks one on the machine it runs on. The compiler stays in this stage.
+# picks one on the machine it runs on. The compiler stays in this stage. (Run from / : in the
+# source folder, `ferry` would name the source tree, not the installed package.)
 RUN if ! command -v cc > /dev/null; then \
       apt-get update && apt-get install -y --no-install-recommends gcc libc6-dev \
       && rm -rf /var/lib/apt/lists/*; \
     fi \
+    && cd / \
     && python -m ferry.model.native --build \
     && python -c "from ferry.model import native; assert native.library() is not None"
 

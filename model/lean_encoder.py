@@ -18,9 +18,11 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from . import native
 from .attention import Attention, padding_mask
 from .layers import EncoderLayer
 from .lean_step import FeedForwardBlock, Linear, _layer_norm, linear_fn, residual_norm
@@ -40,7 +42,7 @@ class _EncoderLayerFns:
 class LeanEncoder:
     """``encode`` of a prepared ``Transformer`` on packed tokens (module docstring)."""
 
-    def __init__(self, model: Transformer) -> None:
+    def __init__(self, model: Transformer, *, native_attention: bool = True) -> None:
         cfg = model.cfg
         self.pre = cfg.norm_position == "pre"
         self.heads, self.kv_heads, self.head_dim = cfg.n_heads, cfg.kv_heads, cfg.head_dim
@@ -52,6 +54,10 @@ class LeanEncoder:
         self.final_norm = _layer_norm(model.encoder_norm)
         self.layers = [self._layer(layer) for layer in model.encoder_layers]  # type: ignore[arg-type]
         self.cross_kv = [linear_fn(layer.cross_attn.kv_proj) for layer in model.decoder_layers]  # type: ignore[union-attr, arg-type]
+        use = native_attention and self.embed.dtype == torch.float32
+        self.attend = native.attention(self.heads, self.kv_heads, self.head_dim) if use else None
+        """Self-attention in native code on the packed tokens themselves (no padded layout at all), or
+        ``None``: torch's SDPA on the padded layout."""
 
     @staticmethod
     def supports(model: Transformer) -> bool:
@@ -84,14 +90,19 @@ class LeanEncoder:
         real = mask.reshape(b * s).nonzero().squeeze(1)  # (T,) flat (row, position) index of real tokens
         x = F.embedding(src_ids.reshape(b * s).index_select(0, real), self.embed) * self.embed_scale
         x = x + self.positions.index_select(0, real % s)  # (T, d)
+        packed = _PackedAttention.of(lengths, s) if self.attend is not None else None
         for w in self.layers:
             y = w.self_norm(x) if pre else x
-            qkv = _unpack(w.qkv(y), real, b, s)  # (B, S, (H + 2 Hkv) D)
-            q = qkv[..., : h * d].view(b, s, h, d).transpose(1, 2)  # (B, H, S, D)
-            k = qkv[..., h * d : (h + hkv) * d].view(b, s, hkv, d).transpose(1, 2)  # (B, Hkv, S, D)
-            v = qkv[..., (h + hkv) * d :].view(b, s, hkv, d).transpose(1, 2)  # (B, Hkv, S, D)
-            a = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=self.gqa)  # (B, H, S, D)
-            a = a.transpose(1, 2).reshape(b * s, h * d).index_select(0, real)  # (T, H D)
+            if packed is not None:
+                assert self.attend is not None
+                a = packed.attend(self.attend, w.qkv(y), h * d, hkv * d)  # (T, H D)
+            else:
+                qkv = _unpack(w.qkv(y), real, b, s)  # (B, S, (H + 2 Hkv) D)
+                q = qkv[..., : h * d].view(b, s, h, d).transpose(1, 2)  # (B, H, S, D)
+                k = qkv[..., h * d : (h + hkv) * d].view(b, s, hkv, d).transpose(1, 2)  # (B, Hkv, S, D)
+                v = qkv[..., (h + hkv) * d :].view(b, s, hkv, d).transpose(1, 2)  # (B, Hkv, S, D)
+                a = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=self.gqa)  # (B, H, S, D)
+                a = a.transpose(1, 2).reshape(b * s, h * d).index_select(0, real)  # (T, H D)
             x = x + w.self_out(a)  # (T, d)
             if not pre:
                 x = w.self_norm(x)
@@ -104,6 +115,36 @@ class LeanEncoder:
             cross_k.append(kv[:, :, 0].transpose(1, 2))  # (B, Hkv, S, D)
             cross_v.append(kv[:, :, 1].transpose(1, 2))  # (B, Hkv, S, D)
         return cross_k, cross_v
+
+
+@dataclass(frozen=True)
+class _PackedAttention:
+    """Where each packed token's sentence lies, for the native attention to read K/V straight out of
+    the packed ``(T, (H + 2 Hkv) D)`` projections: token ``r`` attends to the ``lengths[r]`` rows
+    from ``table[r, 0]`` on (its sentence's first token)."""
+
+    lengths: Tensor
+    """(T,) int64: the length of each token's sentence."""
+    table: Tensor
+    """(T, S) int64: each token's sentence start, repeated (the kernel's row table)."""
+
+    @classmethod
+    def of(cls, lengths: Tensor, width: int) -> _PackedAttention:
+        lengths = lengths.to(torch.int64)
+        starts = torch.cumsum(lengths, 0) - lengths  # (B,) first packed row of each sentence
+        sentence = torch.repeat_interleave(torch.arange(lengths.numel()), lengths)  # (T,)
+        table = starts.index_select(0, sentence)[:, None].expand(-1, width).contiguous()  # (T, S)
+        return cls(lengths.index_select(0, sentence).contiguous(), table)
+
+    def attend(self, attend: native.Attention, qkv: Tensor, qd: int, kd: int) -> Tensor:
+        """Self-attention of packed tokens: qkv (T, (H + 2 Hkv) D) -> (T, H D)."""
+        rows, row_stride = qkv.shape[0], qkv.stride(0)
+        d = attend.head_dim
+        # K and V as (T, Hkv, 1, D) views whose position stride is one packed row: position t of a
+        # sentence starting at row s is row s + t.
+        k = qkv.as_strided((rows, kd // d, 1, d), (row_stride, d, row_stride, 1), qkv.storage_offset() + qd)
+        v = qkv.as_strided((rows, kd // d, 1, d), (row_stride, d, row_stride, 1), qkv.storage_offset() + qd + kd)
+        return attend(qkv, k, v, self.lengths, table=self.table)
 
 
 def _unpack(packed: Tensor, real: Tensor, b: int, s: int) -> Tensor:

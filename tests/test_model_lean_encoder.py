@@ -1,9 +1,11 @@
 """The packed encoder (model/lean_encoder.py) gives the cross-attention K/V of ``Transformer.encode``
 + ``init_cache`` on every real position, for every architecture variant and int8, while running its
-position-wise work on the real tokens only; padding positions hold zeros; translations are unchanged."""
+position-wise work on the real tokens only (and, with the native attention, attention too); padding
+positions hold zeros; translations are unchanged."""
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pytest
@@ -26,9 +28,11 @@ def _batch(model: Transformer, lengths: list[int]) -> tuple[torch.Tensor, torch.
     return src, torch.tensor(lengths)
 
 
-def _compare(model: Transformer, *, atol: float, lengths: list[int] = LENGTHS) -> None:
+def _compare(model: Transformer, *, atol: float, lengths: list[int] = LENGTHS, use_native: bool = True) -> None:
     src, lens = _batch(model, lengths)
-    lean = LeanEncoder(model)
+    lean = LeanEncoder(model, native_attention=use_native)
+    if use_native and shutil.which("cc") is not None:
+        assert lean.attend is not None  # attention on the packed tokens (model/attend.c)
     with torch.inference_mode():
         want = model.init_cache(model.encode(src, lens), capacity=4)
         cross_k, cross_v = lean.encode(src, lens)
@@ -41,9 +45,10 @@ def _compare(model: Transformer, *, atol: float, lengths: list[int] = LENGTHS) -
         assert not (k * ~real).any() and not (v * ~real).any()  # padding: zeros, never garbage
 
 
+@pytest.mark.parametrize("use_native", [False, True], ids=["torch-attention", "native-attention"])
 @pytest.mark.parametrize("name", VARIANTS)
-def test_packed_encoder_equals_module_encoder(name: str) -> None:
-    _compare(_model(VARIANTS[name]), atol=1e-5)
+def test_packed_encoder_equals_module_encoder(name: str, use_native: bool) -> None:
+    _compare(_model(VARIANTS[name]), atol=1e-5, use_native=use_native)
 
 
 def test_packed_encoder_int8() -> None:
