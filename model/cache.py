@@ -10,6 +10,7 @@ batch: continuous batching).
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -77,13 +78,17 @@ class DecoderCache:
         max_positions: int | None = None,
         zeroed: bool = True,
         indirect: bool = False,
+        _stacked: Tensor | None = None,
     ) -> None:
         if len(cross_k) != len(cross_v):
             raise ValueError("cross_k and cross_v need one tensor per layer each")
         ref = cross_k[0]
         rows, kv_heads, src_width, head_dim = ref.shape
         layers = len(cross_k)
-        self._cross = torch.stack([torch.stack([k, v], dim=1) for k, v in zip(cross_k, cross_v)], dim=1)
+        if _stacked is not None:  # ``over``: cross_k/cross_v are views of it
+            self._cross = _stacked
+        else:
+            self._cross = torch.stack([torch.stack([k, v], dim=1) for k, v in zip(cross_k, cross_v)], dim=1)
         # (N_cap, L, 2, Hkv, S_cap, D)
         self.zeroed = zeroed
         """New buffers start as zeros (masked attention multiplies unwritten positions by 0, and 0 × NaN
@@ -111,6 +116,16 @@ class DecoderCache:
         self.max_positions = max_positions
         """Most self-attention positions the buffers grow to (the model's decoding limit)."""
         self._refresh_views()
+
+    @classmethod
+    def over(cls, cross: Tensor, src_lengths: Tensor, **options: Any) -> DecoderCache:
+        """A cache whose cross-attention buffer is ``cross``, (N, L, 2, Hkv, S, D) as
+        ``LeanEncoder.encode_stacked`` makes it, taken as is (no copy); ``options`` as for the
+        constructor."""
+        layers = range(cross.shape[1])
+        cross_k = [cross[:, layer, 0] for layer in layers]  # (N, Hkv, S, D) views
+        cross_v = [cross[:, layer, 1] for layer in layers]
+        return cls(cross_k, cross_v, src_lengths, _stacked=cross, **options)
 
     @property
     def indirect(self) -> bool:

@@ -81,6 +81,14 @@ class LeanEncoder:
     def encode(self, src_ids: Tensor, lengths: Tensor) -> tuple[list[Tensor], list[Tensor]]:
         """src_ids (B, S) padded, lengths (B,) -> every decoder layer's cross-attention K and V,
         (B, Hkv, S, D) each, zeros past each row's length."""
+        cross = self.encode_stacked(src_ids, lengths)  # (B, L, 2, Hkv, S, D)
+        layers = range(cross.shape[1])
+        return [cross[:, layer, 0] for layer in layers], [cross[:, layer, 1] for layer in layers]
+
+    def encode_stacked(self, src_ids: Tensor, lengths: Tensor, *, zeroed: bool = True) -> Tensor:
+        """``encode`` in the decoder cache's layout, (B, L, 2, Hkv, S, D) in one buffer
+        (``DecoderCache.over`` takes it as is); padding positions hold zeros, or are left
+        uninitialised with ``zeroed=False`` (for a decoder that never reads them)."""
         b, s = src_ids.shape
         if s > self.max_positions:
             raise ValueError(f"source of {s} tokens exceeds max_positions={self.max_positions}")
@@ -109,12 +117,13 @@ class LeanEncoder:
             x = w.ffn(x)  # feed-forward, (T, d)
         if self.final_norm is not None:
             x = self.final_norm(x)
-        cross_k, cross_v = [], []
-        for kv_proj in self.cross_kv:
-            kv = _unpack(kv_proj(x), real, b, s).view(b, s, 2, hkv, d)  # (B, S, 2, Hkv, D)
-            cross_k.append(kv[:, :, 0].transpose(1, 2))  # (B, Hkv, S, D)
-            cross_v.append(kv[:, :, 1].transpose(1, 2))  # (B, Hkv, S, D)
-        return cross_k, cross_v
+        shape = (b, len(self.cross_kv), 2, hkv, s, d)
+        cross = x.new_zeros(shape) if zeroed else x.new_empty(shape)  # (B, L, 2, Hkv, S, D)
+        row, position = real // s, real % s  # (T,) each
+        for layer, kv_proj in enumerate(self.cross_kv):
+            kv = kv_proj(x).view(-1, 2, hkv, d)  # (T, 2, Hkv, D)
+            cross[:, layer].permute(0, 3, 1, 2, 4)[row, position] = kv  # scattered into (B, S, 2, Hkv, D)
+        return cross
 
 
 @dataclass(frozen=True)

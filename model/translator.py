@@ -144,10 +144,10 @@ class Translator:
             src[i, : len(r)] = torch.tensor(r, dtype=torch.long)  # (B, S) padded
         packed = self.packed_encoder()
         if packed is not None:  # CPU fast path: no work on padding
-            cross_k, cross_v = packed.encode(src, lengths)
             stepper = self.stepper()
             native_reads = isinstance(stepper, LeanDecoder) and stepper.attend is not None
-            cache = DecoderCache(cross_k, cross_v, lengths, capacity=16, zeroed=not native_reads, indirect=native_reads)
+            cross = packed.encode_stacked(src, lengths, zeroed=not native_reads)  # (B, L, 2, Hkv, S, D)
+            cache = DecoderCache.over(cross, lengths, capacity=16, zeroed=not native_reads, indirect=native_reads)
         else:
             enc = self.model.encode(src.to(self.device), lengths.to(self.device))
             cache = self.model.init_cache(enc, capacity=16)
