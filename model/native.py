@@ -80,6 +80,7 @@ def build(directory: Path) -> Path:
         )
         if done.returncode != 0:
             raise RuntimeError(f"{compiler} failed: {done.stderr.strip()[-2000:]}")
+        os.chmod(tmp, 0o755)  # mkstemp made it owner-only: other users (a container's) must load it
         os.replace(tmp, target)
     finally:
         if os.path.exists(tmp):

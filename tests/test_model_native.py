@@ -102,6 +102,7 @@ def test_library_builds_into_the_cache_dir_once(tmp_path: Path, monkeypatch: pyt
     assert native.library() is not None
     built = tmp_path / native.library_name()
     assert built.exists()
+    assert built.stat().st_mode & 0o444 == 0o444  # readable by every user (a prebuilt copy in an image)
     stamp = built.stat().st_mtime_ns
     native.library.cache_clear()
     assert native.library() is not None
