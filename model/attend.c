@@ -144,13 +144,31 @@ static inline void attend_head_v8(const float *restrict q, const float *restrict
  * (new_k/new_v + r * new_row_stride, heads `head_dim` apart) at its own row, position lengths[r],
  * and records that row in table[r][lengths[r]].
  * Element strides: q and out rows; K/V rows, heads and positions (the head dimension is contiguous
- * everywhere; q and out heads are `head_dim` apart). Returns 0, or -1 if scratch memory ran out. */
+ * everywhere; q and out heads are `head_dim` apart). Returns 0, -1 if scratch memory ran out, -2 if
+ * a length or a table entry falls outside the K/V (`kv_rows` x `kv_positions`). */
 FERRY_CLONES
 int ferry_attend(int64_t rows, int64_t heads, int64_t kv_heads, int64_t head_dim, int64_t group,
-                 const float *q, int64_t q_row_stride, float *k, float *v, int64_t kv_row_stride,
-                 int64_t kv_head_stride, int64_t kv_pos_stride, const int64_t *lengths, int64_t extra,
-                 int64_t *table, int64_t table_stride, const float *new_k, const float *new_v,
+                 const float *q, int64_t q_row_stride, float *k, float *v, int64_t kv_rows, int64_t kv_positions,
+                 int64_t kv_row_stride, int64_t kv_head_stride, int64_t kv_pos_stride, const int64_t *lengths,
+                 int64_t extra, int64_t *table, int64_t table_stride, const float *new_k, const float *new_v,
                  int64_t new_row_stride, float scale, float *out, int64_t out_row_stride) {
+    /* Bounds first: every row's positions within the K/V's `kv_positions`, every K/V row it names
+     * within `kv_rows` (-2 otherwise, before anything is read or written). */
+    if (heads <= 0 || kv_heads <= 0 || heads % kv_heads != 0 || group <= 0) return -2;
+    for (int64_t r = 0; r < rows; r++) {
+        int64_t n = lengths[r] + extra;
+        if (lengths[r] < 0 || n > kv_positions || (new_k != NULL && table != NULL && lengths[r] >= table_stride))
+            return -2;
+        if (table == NULL) {
+            if (r / group >= kv_rows) return -2;
+        } else {
+            if (new_k != NULL && r >= kv_rows) return -2;
+            const int64_t *where = table + r * table_stride;
+            int64_t stored = new_k != NULL ? lengths[r] : n; /* the position about to be stored names row r */
+            for (int64_t t = 0; t < stored; t++)
+                if (where[t] < 0 || where[t] >= kv_rows) return -2;
+        }
+    }
     if (new_k != NULL) {
         for (int64_t r = 0; r < rows; r++) {
             float *kr = k + r * kv_row_stride + lengths[r] * kv_pos_stride;

@@ -129,31 +129,31 @@ class LeanEncoder:
 @dataclass(frozen=True)
 class _PackedAttention:
     """Where each packed token's sentence lies, for the native attention to read K/V straight out of
-    the packed ``(T, (H + 2 Hkv) D)`` projections: token ``r`` attends to the ``lengths[r]`` rows
-    from ``table[r, 0]`` on (its sentence's first token)."""
+    the packed ``(T, (H + 2 Hkv) D)`` projections: token ``r`` attends to packed rows
+    ``table[r, :lengths[r]]`` (its sentence's tokens)."""
 
     lengths: Tensor
     """(T,) int64: the length of each token's sentence."""
     table: Tensor
-    """(T, S) int64: each token's sentence start, repeated (the kernel's row table)."""
+    """(T, S) int64: the packed row of each position of each token's sentence (the kernel's row table)."""
 
     @classmethod
     def of(cls, lengths: Tensor, width: int) -> _PackedAttention:
         lengths = lengths.to(torch.int64)
         starts = torch.cumsum(lengths, 0) - lengths  # (B,) first packed row of each sentence
         sentence = torch.repeat_interleave(torch.arange(lengths.numel()), lengths)  # (T,)
-        table = starts.index_select(0, sentence)[:, None].expand(-1, width).contiguous()  # (T, S)
+        table = starts.index_select(0, sentence)[:, None] + torch.arange(width)[None, :]  # (T, S)
         return cls(lengths.index_select(0, sentence).contiguous(), table)
 
     def attend(self, attend: native.Attention, qkv: Tensor, qd: int, kd: int) -> Tensor:
         """Self-attention of packed tokens: qkv (T, (H + 2 Hkv) D) -> (T, H D)."""
         rows, row_stride = qkv.shape[0], qkv.stride(0)
         d = attend.head_dim
-        # K and V as (T, Hkv, 1, D) views whose position stride is one packed row: position t of a
-        # sentence starting at row s is row s + t.
-        k = qkv.as_strided((rows, kd // d, 1, d), (row_stride, d, row_stride, 1), qkv.storage_offset() + qd)
-        v = qkv.as_strided((rows, kd // d, 1, d), (row_stride, d, row_stride, 1), qkv.storage_offset() + qd + kd)
-        return attend(qkv, k, v, self.lengths, table=self.table)
+        # K and V as (T, Hkv, 1, D) views (the table names the packed row of every position, so the
+        # position stride is 0).
+        k = qkv.as_strided((rows, kd // d, 1, d), (row_stride, d, 0, 1), qkv.storage_offset() + qd)
+        v = qkv.as_strided((rows, kd // d, 1, d), (row_stride, d, 0, 1), qkv.storage_offset() + qd + kd)
+        return attend(qkv, k, v, self.lengths, table=self.table, positions=self.table.shape[1])
 
 
 def _unpack(packed: Tensor, real: Tensor, b: int, s: int) -> Tensor:

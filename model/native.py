@@ -98,7 +98,7 @@ def _load(path: Path) -> ctypes.CDLL:
         _i64,  # q, q row stride
         _ptr,
         _ptr,
-        *(_i64,) * 3,  # k, v, kv row / head / position strides
+        *(_i64,) * 5,  # k, v, kv rows, kv positions, kv row / head / position strides
         _ptr,
         _i64,  # lengths, extra
         _ptr,
@@ -148,7 +148,9 @@ class Attention:
     ``lengths[r]`` (the self-attention step: the cache write and the attention in one call). With
     ``table`` ((>= R, >= T) int64, rows contiguous), position ``t`` of row ``r`` is read from K/V row
     ``table[r, t]``, and a store records ``table[r, lengths[r]] = r`` (``DecoderCache``'s
-    indirect beam reorders)."""
+    indirect beam reorders). Lengths and table entries are checked against ``k``'s rows and positions
+    (``positions`` overrides the latter for views whose position axis is not their size): a call that
+    would read or write outside them raises ``ValueError`` and touches nothing."""
 
     def __init__(self, lib: ctypes.CDLL, heads: int, kv_heads: int, head_dim: int) -> None:
         self._fn = lib.ferry_attend
@@ -167,6 +169,7 @@ class Attention:
         new_k: Tensor | None = None,
         new_v: Tensor | None = None,
         table: Tensor | None = None,
+        positions: int | None = None,
     ) -> Tensor:
         rows = q.shape[0]
         h, d = self.heads, self.head_dim
@@ -182,6 +185,8 @@ class Attention:
             or lengths.dtype != torch.int64
         ):
             raise ValueError("native attention needs float32 CPU tensors, head dimension contiguous, int64 lengths")
+        if lengths.numel() < rows:
+            raise ValueError(f"native attention got {lengths.numel()} lengths for {rows} rows")
         if not lengths.is_contiguous():
             lengths = lengths.contiguous()
         table_ptr, table_stride = None, 0
@@ -204,6 +209,8 @@ class Attention:
             q.stride(0),
             k.data_ptr(),
             v.data_ptr(),
+            k.shape[0],
+            k.shape[2] if positions is None else positions,
             ks[0],
             ks[1],
             ks[2],
@@ -218,6 +225,8 @@ class Attention:
             out.data_ptr(),
             h * d,
         )
+        if status == -2:
+            raise ValueError("native attention: a row's length or a row-table entry lies outside the K/V buffers")
         if status != 0:
             raise MemoryError("native attention could not allocate its scratch buffer")
         return out

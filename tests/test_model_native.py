@@ -173,3 +173,27 @@ def test_top_log_probs_rejects_bad_arguments() -> None:
         top(torch.randn(2, 8).double(), 2, torch.tensor([], dtype=torch.int64))
     with pytest.raises(ValueError, match="int64"):
         top(torch.randn(2, 8), 2, torch.tensor([1], dtype=torch.int32))
+
+
+def test_attention_refuses_to_read_or_write_outside_the_cache() -> None:
+    """A bad length or row-table entry must raise before any memory is touched (a wild read or write
+    would take the whole server down, not just one request)."""
+    attend = native.attention(2, 2, 4)
+    assert attend is not None
+    k, v = torch.randn(3, 2, 5, 4), torch.randn(3, 2, 5, 4)
+    before = k.clone()
+    q = torch.randn(3, 3 * 8)
+    new_k, new_v = q[:, 8:16], q[:, 16:]
+    with pytest.raises(ValueError, match="outside"):
+        attend(q, k, v, torch.tensor([1, 5, 2]), extra=1, new_k=new_k, new_v=new_v)  # 6 positions > 5
+    with pytest.raises(ValueError, match="outside"):
+        attend(q, k, v, torch.tensor([1, -1, 2]))
+    table = torch.zeros(3, 5, dtype=torch.int64)
+    table[2, 1] = 7  # K/V row 7 of 3
+    with pytest.raises(ValueError, match="outside"):
+        attend(q, k, v, torch.tensor([2, 2, 2]), table=table)
+    with pytest.raises(ValueError, match="outside"):
+        attend(q, k[:1], v[:1], torch.tensor([1, 1, 1]), group=2)  # row 2 would read K/V row 1 of 1
+    with pytest.raises(ValueError, match="2 lengths for 3 rows"):
+        attend(q, k, v, torch.tensor([1, 1]))
+    assert torch.equal(k, before)  # nothing was stored by the refused calls
