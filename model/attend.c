@@ -233,11 +233,14 @@ int ferry_attend(int64_t rows, int64_t heads, int64_t kv_heads, int64_t head_dim
  * first, the `banned` ids excluded from the choice (as if -inf) but not from the normaliser (log_softmax
  * is over every token, then banned ids are masked: the search's order). One pass keeps the k best
  * logits in a small sorted array; a second sums exp(x - max) for the log-sum-exp. Rows with fewer
- * than k allowed tokens get banned ids with -inf scores after the allowed ones. Returns 0, or -1 if
- * scratch memory ran out. The logits are modified during the call and restored before it returns. */
+ * than k allowed tokens get banned ids with -inf scores after the allowed ones. Returns 0, -1 if
+ * scratch memory ran out, -2 for a banned id outside the vocabulary or k outside 1..vocab. The logits are modified during the call and restored before it returns. */
 FERRY_CLONES
 int ferry_top_log_probs(int64_t rows, int64_t vocab, float *logits, int64_t row_stride, const int64_t *banned,
                         int64_t n_banned, int64_t k, float *out_scores, int64_t *out_tokens) {
+    for (int64_t b = 0; b < n_banned; b++)
+        if (banned[b] < 0 || banned[b] >= vocab) return -2;
+    if (k < 1 || k > vocab) return -2;
     float saved_stack[64];
     float *saved = saved_stack;
     if (n_banned > 64) {

@@ -262,6 +262,8 @@ class TopLogProbs:
             scores.data_ptr(),
             tokens.data_ptr(),
         )
+        if status == -2:
+            raise ValueError(f"banned ids must lie in the vocabulary (0..{vocab - 1})")
         if status != 0:
             raise MemoryError("native top-k could not allocate its scratch buffer")
         return scores, tokens

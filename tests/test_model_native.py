@@ -173,6 +173,11 @@ def test_top_log_probs_rejects_bad_arguments() -> None:
         top(torch.randn(2, 8).double(), 2, torch.tensor([], dtype=torch.int64))
     with pytest.raises(ValueError, match="int64"):
         top(torch.randn(2, 8), 2, torch.tensor([1], dtype=torch.int32))
+    logits = torch.randn(2, 8)
+    before = logits.clone()
+    with pytest.raises(ValueError, match="vocabulary"):
+        top(logits, 2, torch.tensor([3, 8]))  # id 8 of 8 would be written past the row
+    assert torch.equal(logits, before)
 
 
 def test_attention_refuses_to_read_or_write_outside_the_cache() -> None:
