@@ -202,3 +202,25 @@ def test_attention_refuses_to_read_or_write_outside_the_cache() -> None:
     with pytest.raises(ValueError, match="2 lengths for 3 rows"):
         attend(q, k, v, torch.tensor([1, 1]))
     assert torch.equal(k, before)  # nothing was stored by the refused calls
+
+
+@pytest.mark.parametrize("beam_size", [1, 4])
+def test_translations_without_the_kernels_are_the_same(
+    tiny_checkpoint: Path, tiny_pairs: list[tuple[str, str]], beam_size: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The fallback a machine without a C compiler runs (torch attention, masked zeroed caches, torch
+    top-k) translates as the native path does."""
+    from ferry.model import Translator
+
+    sources = [s for s, _ in tiny_pairs[:12]]
+    fast = Translator(tiny_checkpoint, device="cpu")
+    assert fast.encode(fast.tokenize(sources[:1])).indirect
+    want = fast.translate_batch(sources, beam_size=beam_size, return_scores=True)
+    monkeypatch.setenv(native.NATIVE_ENV, "0")
+    native.library.cache_clear()
+    plain = Translator(tiny_checkpoint, device="cpu")
+    assert not plain.encode(plain.tokenize(sources[:1])).indirect
+    got = plain.translate_batch(sources, beam_size=beam_size, return_scores=True)
+    assert [r.text for r in got] == [r.text for r in want]
+    for a, b in zip(got, want):
+        assert a.score == pytest.approx(b.score, abs=1e-4)
