@@ -101,6 +101,9 @@ class Translator:
         self.info: CheckpointInfo = loaded.info
         self._stepper: Transformer | GraphedDecoder | LeanDecoder | None = None  # built on first search
         self._packed_encoder: LeanEncoder | bool | None = False  # False: not looked at yet
+        if self.device.type == "cpu":  # now, not in the first request: the native kernels may compile (once)
+            self.stepper()
+            self.packed_encoder()
 
     @classmethod
     def from_parts(cls, model: Transformer, tokenizer: Tokenizer, info: CheckpointInfo | None = None) -> Translator:

@@ -200,6 +200,7 @@ def test_lean_step_stops_at_max_positions() -> None:
 
 def test_cpu_search_uses_the_lean_step_only_on_a_prepared_model(tiny_checkpoint: Path) -> None:
     translator = Translator(tiny_checkpoint, device="cpu")
+    assert translator._stepper is not None  # built at load (kernels compiled then), not in the first request
     stepper = translator.stepper()
     assert isinstance(stepper, LeanDecoder)
     # caches skip zeroing exactly when the decoder reads only written positions
