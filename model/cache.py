@@ -344,7 +344,7 @@ class DecoderCache:
         if self._table is not None:  # the K/V stay where they are: only the table follows
             w = self.max_length
             if w:
-                self._table[: len(idx), :w] = self._table.index_select(0, indices)[:, :w]
+                self._table[: len(idx), :w] = self._table[:, :w].index_select(0, indices)
         else:
             self._take_self(idx, indices)
         self.lengths = self.lengths.index_select(0, indices)
@@ -428,7 +428,7 @@ class DecoderCache:
         assert table is not None
         n, w = indices.numel(), self.max_length
         if w:
-            history = table.index_select(0, indices)[:, :w]  # (R', w) K/V row of each position
+            history = table[:, :w].index_select(0, indices)  # (R', w) K/V row of each position
             written = [row[: self.lengths_host[i]] for row, i in zip(history.tolist(), idx)]  # past it: stale
             place = _placement(written, group)
             if place is None:

@@ -32,6 +32,8 @@ from .transformer import Transformer
 
 Linear = Callable[[Tensor], Tensor]
 """``(N, K) -> (N, M)``: one Linear (activation fused where the fast path fused it)."""
+Attend = Callable[[int, Tensor], Tensor]
+"""One decode step's attention of layer ``i``: projected queries (and K/V) -> ``(R, H D)``."""
 
 
 def linear_fn(module: nn.Module, *, relu: bool = False) -> Linear:
@@ -181,28 +183,57 @@ class LeanDecoder:
         if cache.max_length >= self.max_positions:
             raise ValueError(f"decoding past max_positions={self.max_positions}; lower max_length")
         if self.attend is not None:
-            return self._native_step(tokens, cache, self.attend)
-        self_mask, cross_mask = cache.begin_step()
-        r = tokens.shape[0]
-        h, hkv, d = self.heads, self.kv_heads, self.head_dim
-        qd, kd = h * d, hkv * d
-        g = cache.group
-        pre, gqa = self.pre, self.gqa
-        sdpa = F.scaled_dot_product_attention
+            self_attention, cross_attention = self._native_attention(cache, self.attend)
+        else:
+            self_attention, cross_attention = self._torch_attention(cache, tokens.shape[0])
+        pre = self.pre
         x = self._embed(tokens, cache)  # (R, d)
         for i, w in enumerate(self.layers):
-            # self-attention
             y = w.self_norm(x) if pre else x
-            qkv = w.qkv(y)  # (R, (H + 2 Hkv) D)
-            q = qkv[:, :qd].view(r, h, 1, d)  # (R, H, 1, D)
-            k, v = cache.write(i, qkv[:, qd : qd + kd].view(r, hkv, 1, d), qkv[:, qd + kd :].view(r, hkv, 1, d))
-            a = sdpa(q, k, v, attn_mask=self_mask, enable_gqa=gqa)  # (R, H, 1, D)
-            x = x + w.self_out(a.reshape(r, qd))  # (R, d)
+            x = x + w.self_out(self_attention(i, w.qkv(y)))  # (R, d)
             if not pre:
                 x = w.self_norm(x)
-            # cross-attention: the ``g`` beams sharing one encoder row are ``g`` queries of it
             y = w.cross_norm(x) if pre else x
-            q = w.cross_q(y)  # (R, H D)
+            x = x + w.cross_out(cross_attention(i, w.cross_q(y)))  # (R, d)
+            if not pre:
+                x = w.cross_norm(x)
+            x = w.ffn(x)  # feed-forward, (R, d)
+        cache.advance()
+        return self._logits(x)
+
+    def _native_attention(self, cache: DecoderCache, attend: native.Attention) -> tuple[Attend, Attend]:
+        """This step's attentions in ``model/attend.c``: each row stores its K/V and attends over its
+        own ``lengths`` (no masks, no padded positions read), through the cache's row table when it
+        has one (beam reorders that move no K/V)."""
+        cache.reserve_step()
+        qd, kd = self.heads * self.head_dim, self.kv_heads * self.head_dim
+        g, lengths, src_lengths, table = cache.group, cache.lengths, cache.src_lengths, cache.row_table
+
+        def self_attention(i: int, qkv: Tensor) -> Tensor:  # (R, (H + 2 Hkv) D) -> (R, H D)
+            k_new, v_new = qkv[:, qd : qd + kd], qkv[:, qd + kd :]  # (R, Hkv D) each
+            k, v = cache.self_k[i], cache.self_v[i]  # (R, Hkv, T_cap, D) buffers, written here
+            return attend(qkv, k, v, lengths, extra=1, new_k=k_new, new_v=v_new, table=table)
+
+        def cross_attention(i: int, q: Tensor) -> Tensor:  # (R, H D) -> (R, H D)
+            return attend(q, cache.cross_k[i], cache.cross_v[i], src_lengths, group=g)
+
+        return self_attention, cross_attention
+
+    def _torch_attention(self, cache: DecoderCache, r: int) -> tuple[Attend, Attend]:
+        """This step's attentions with torch's SDPA over the padded cache and the step's masks."""
+        self_mask, cross_mask = cache.begin_step()
+        h, hkv, d = self.heads, self.kv_heads, self.head_dim
+        qd, kd = h * d, hkv * d
+        g, gqa = cache.group, self.gqa
+        sdpa = F.scaled_dot_product_attention
+
+        def self_attention(i: int, qkv: Tensor) -> Tensor:  # (R, (H + 2 Hkv) D) -> (R, H D)
+            q = qkv[:, :qd].view(r, h, 1, d)  # (R, H, 1, D)
+            k, v = cache.write(i, qkv[:, qd : qd + kd].view(r, hkv, 1, d), qkv[:, qd + kd :].view(r, hkv, 1, d))
+            return sdpa(q, k, v, attn_mask=self_mask, enable_gqa=gqa).reshape(r, qd)  # from (R, H, 1, D)
+
+        def cross_attention(i: int, q: Tensor) -> Tensor:  # (R, H D) -> (R, H D)
+            # the ``g`` beams sharing one encoder row are ``g`` queries of it
             if g == 1:
                 q = q.view(r, h, 1, d)  # (R, H, 1, D)
             else:
@@ -210,38 +241,9 @@ class LeanDecoder:
             a = sdpa(q, cache.cross_k[i], cache.cross_v[i], attn_mask=cross_mask, enable_gqa=gqa)  # (N, H, g, D)
             if g != 1:
                 a = a.transpose(1, 2)  # (N, g, H, D)
-            x = x + w.cross_out(a.reshape(r, qd))  # (R, d)
-            if not pre:
-                x = w.cross_norm(x)
-            x = w.ffn(x)  # feed-forward, (R, d)
-        cache.advance()
-        return self._logits(x)
+            return a.reshape(r, qd)
 
-    def _native_step(self, tokens: Tensor, cache: DecoderCache, attend: native.Attention) -> Tensor:
-        """``decode_step`` with both attentions in ``model/attend.c``: each row stores its K/V and
-        attends over its own ``lengths`` (no masks, no padded positions read), through the cache's
-        row table when it has one (beam reorders that move no K/V)."""
-        cache.reserve_step()
-        qd, kd = self.heads * self.head_dim, self.kv_heads * self.head_dim
-        g, pre = cache.group, self.pre
-        lengths, src_lengths, table = cache.lengths, cache.src_lengths, cache.row_table
-        x = self._embed(tokens, cache)  # (R, d)
-        for i, w in enumerate(self.layers):
-            y = w.self_norm(x) if pre else x
-            qkv = w.qkv(y)  # (R, (H + 2 Hkv) D)
-            k_new, v_new = qkv[:, qd : qd + kd], qkv[:, qd + kd :]  # (R, Hkv D) each
-            a = attend(qkv, cache.self_k[i], cache.self_v[i], lengths, extra=1, new_k=k_new, new_v=v_new, table=table)
-            x = x + w.self_out(a)  # (R, d)
-            if not pre:
-                x = w.self_norm(x)
-            y = w.cross_norm(x) if pre else x
-            a = attend(w.cross_q(y), cache.cross_k[i], cache.cross_v[i], src_lengths, group=g)  # (R, H D)
-            x = x + w.cross_out(a)  # (R, d)
-            if not pre:
-                x = w.cross_norm(x)
-            x = w.ffn(x)  # feed-forward, (R, d)
-        cache.advance()
-        return self._logits(x)
+        return self_attention, cross_attention
 
     def _embed(self, tokens: Tensor, cache: DecoderCache) -> Tensor:
         """Token embeddings plus each row's position: (R,) -> (R, d)."""
