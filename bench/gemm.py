@@ -6,7 +6,8 @@ each call style in turn, and prints CPU milliseconds per step-worth of GEMMs:
 
 - ``F.linear``: torch's default (MKL sgemm with the weight transposed on the fly);
 - ``addmm(W^T)``: the weight stored transposed once, ``(K, N)`` contiguous (ferry's ``mkl`` backend);
-- ``onednn``: the weight reordered once for oneDNN (ferry's ``onednn`` backend).
+- ``onednn``: the weight reordered once for oneDNN (ferry's ``onednn`` backend);
+- ``native``: model/gemm.c, the weight packed once into 16-column panels (ferry's default on CPU).
 
     python bench/gemm.py --model models/en-de --threads 1 --out /tmp/gemm
 """
@@ -59,6 +60,17 @@ def styles(weights: list[tuple[Tensor, Tensor | None]]) -> dict[str, Callable[[d
     out: dict[str, Callable[[dict[int, Tensor]], None]] = {"F.linear": linear, "addmm(W^T)": addmm_t}
     if torch.backends.mkldnn.is_available():
         out["onednn"] = onednn
+    from ferry.model import native
+
+    if native.library() is not None:
+        gemms = [native.linear(w, b) for w, b in weights]
+
+        def own(xs: dict[int, Tensor]) -> None:
+            for lin in gemms:
+                assert lin is not None
+                lin(xs[lin.in_features])
+
+        out["native"] = own
     return out
 
 

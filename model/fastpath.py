@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from . import native
 from .attention import Attention
 from .layers import FeedForward
 from .transformer import Transformer
@@ -31,7 +32,9 @@ from .transformer import Transformer
 log = logging.getLogger(__name__)
 
 GEMM_ENV = "FERRY_GEMM"
-"""Environment override of the fp32 GEMM choice: ``auto`` (measure, default), ``mkl`` or ``onednn``."""
+"""Environment override of the fp32 GEMM choice: ``auto`` (default: ``native`` where the kernels build,
+else measured between MKL and oneDNN), ``native``, ``mkl`` or ``onednn``."""
+GEMM_CHOICES = ("auto", "native", "mkl", "onednn")
 QENGINE_ENV = "FERRY_QENGINE"
 """Environment override of the int8 engine: ``auto`` (measure, default), ``fbgemm``, ``x86`` or ``onednn``."""
 FASTPATH_ENV = "FERRY_FASTPATH"
@@ -76,8 +79,8 @@ class PackedLinear(nn.Module):
         self, weight: Tensor, bias: Tensor | None, *, backend: str, activation: str = "none", mkl_rows: int = 0
     ) -> None:
         super().__init__()
-        if backend not in BACKENDS:
-            raise ValueError(f"backend={backend!r}; allowed: {', '.join(BACKENDS)}")
+        if backend not in (*BACKENDS, "native"):
+            raise ValueError(f"backend={backend!r}; allowed: {', '.join(BACKENDS)}, native")
         self.backend = backend
         self.activation = activation
         self.mkl_rows = mkl_rows if backend == "onednn" else 0
@@ -88,17 +91,25 @@ class PackedLinear(nn.Module):
         self.bias: Tensor | None
         self.packed: Tensor | None = None
         self.weight_t: Tensor | None = None
-        if backend == "onednn" and not self.mkl_rows:
+        self.native: native.Linear | None = None
+        if backend in ("onednn", "native") and not self.mkl_rows:
             self.register_buffer("weight", weight.detach().contiguous())
         else:
             self.register_buffer("weight", weight.detach().t().contiguous().t())  # (N, K) view of (K, N)
-        self._lay_out()
         self.register_buffer("bias", bias.detach().contiguous() if bias is not None else None)
+        self._lay_out()
 
     def _lay_out(self) -> None:
-        """Derive the backends' layouts from ``weight``: the transposed view, the oneDNN reorder. A
-        dtype oneDNN cannot pack (float64) falls back to ``mkl``."""
+        """Derive the backends' layouts from ``weight``: the transposed view, the oneDNN reorder, the
+        native panels. A dtype or device the backend cannot run (float64, a GPU) falls back to ``mkl``."""
         self.packed = None
+        self.native = None
+        if self.backend == "native":
+            cpu_fp32 = self.weight.dtype == torch.float32 and self.weight.device.type == "cpu"
+            self.native = native.linear(self.weight, self.bias, relu=self.activation == "relu") if cpu_fp32 else None
+            if self.native is None:
+                self.backend = "mkl"
+                self.weight = self.weight.t().contiguous().t()  # (N, K) view of a contiguous (K, N)
         if self.backend == "onednn":
             try:
                 self.packed = torch.ops.mkldnn._reorder_linear_weight(self.weight.contiguous(), None)
@@ -118,7 +129,9 @@ class PackedLinear(nn.Module):
         """``.to()``/``.double()``…: the layouts follow the moved weight (the transposed view and the
         oneDNN reorder are not buffers, so ``Module._apply`` alone would leave them behind)."""
         super()._apply(fn, recurse)
-        if self.backend == "mkl" or self.mkl_rows:
+        if self.backend == "native":
+            self.weight = self.weight.contiguous()
+        elif self.backend == "mkl" or self.mkl_rows:
             self.weight = self.weight.t().contiguous().t()  # (N, K) view of a contiguous (K, N)
         self._lay_out()
         return self
@@ -145,6 +158,8 @@ def direct_op(op: Any) -> Callable[..., Any]:
 
 def gemm_fn(linear: PackedLinear) -> Callable[[Tensor], Tensor]:
     """A plain function ``(N, K) -> (N, M)`` calling ``linear``'s GEMM op directly (no module call)."""
+    if linear.native is not None:
+        return linear.native
     bias, act = linear.bias, linear.activation
     onednn: Callable[[Tensor], Tensor] | None = None
     if linear.packed is not None:
@@ -353,7 +368,12 @@ def pack_linears(model: Transformer, *, gemm: str = "auto") -> dict[str, str]:
     """Replace every inference Linear by a ``PackedLinear`` on the chosen (or measured) backend."""
     linears = list(_inference_linears(model))
     choice: dict[tuple[int, int], GemmChoice]
-    if gemm == "auto":
+    fp32_cpu = all(lin.weight.dtype == torch.float32 and lin.weight.device.type == "cpu" for _, _, lin, _ in linears)
+    if gemm == "native" or (gemm == "auto" and fp32_cpu and native.library() is not None):
+        # model/gemm.c: faster than MKL and oneDNN at every decode row count measured (1-128 rows,
+        # 1 and 2 threads, bench/gemm.py); falls back to MKL per Linear where it cannot run
+        choice = {(lin.out_features, lin.in_features): ("native", 0) for _, _, lin, _ in linears}
+    elif gemm == "auto":
         weights: list[tuple[Tensor, Tensor | None]] = [(lin.weight.detach(), lin.bias) for _, _, lin, _ in linears]
         key = (
             tuple((tuple(w.shape), b is not None) for w, b in weights),
@@ -364,8 +384,8 @@ def pack_linears(model: Transformer, *, gemm: str = "auto") -> dict[str, str]:
             _MEASURED[key] = measure_gemms(weights)
         choice = _MEASURED[key]
     else:
-        if gemm not in BACKENDS:
-            raise ValueError(f"gemm={gemm!r}; allowed: auto, {', '.join(BACKENDS)}")
+        if gemm not in GEMM_CHOICES:
+            raise ValueError(f"gemm={gemm!r}; allowed: {', '.join(GEMM_CHOICES)}")
         backend = gemm if gemm == "mkl" or onednn_available() else "mkl"
         choice = {(lin.out_features, lin.in_features): (backend, 0) for _, _, lin, _ in linears}
     packed: dict[str, str] = {}
@@ -408,12 +428,12 @@ def prepare_for_inference(
 ) -> FastPathReport:
     """Rewrite ``model`` in place for fast decoding (see the module docstring); returns what it chose.
 
-    ``gemm``: ``auto``/``mkl``/``onednn`` (default: ``$FERRY_GEMM`` or ``auto``). The model must not be
+    ``gemm``: ``auto``/``native``/``mkl``/``onednn`` (default: ``$FERRY_GEMM`` or ``auto``). The model must not be
     trained afterwards. Already-quantized models (``quantize_dynamic``) are left to that path."""
     start = time.perf_counter()
     gemm = gemm or os.environ.get(GEMM_ENV, "auto")
-    if gemm not in ("auto", *BACKENDS):
-        raise ValueError(f"gemm={gemm!r}; allowed: auto, {', '.join(BACKENDS)} (also settable as ${GEMM_ENV})")
+    if gemm not in GEMM_CHOICES:
+        raise ValueError(f"gemm={gemm!r}; allowed: {', '.join(GEMM_CHOICES)} (also settable as ${GEMM_ENV})")
     dev = torch.device(device)
     model.eval().requires_grad_(False)
     if os.environ.get(FASTPATH_ENV, "1") == "0":

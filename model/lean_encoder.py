@@ -25,7 +25,7 @@ from torch import Tensor
 from . import native
 from .attention import Attention, padding_mask
 from .layers import EncoderLayer
-from .lean_step import FeedForwardBlock, Linear, _layer_norm, linear_fn, residual_norm
+from .lean_step import FeedForwardBlock, Linear, Residual, _layer_norm, linear_fn, residual_fn, residual_norm
 from .transformer import Transformer
 
 
@@ -35,7 +35,7 @@ class _EncoderLayerFns:
 
     self_norm: Callable[[Tensor], Tensor]
     qkv: Linear
-    self_out: Linear
+    self_out: Residual
     ffn: FeedForwardBlock
 
 
@@ -74,7 +74,7 @@ class LeanEncoder:
         return _EncoderLayerFns(
             self_norm=residual_norm(layer.self_attn_res),
             qkv=linear_fn(attn.qkv_proj),
-            self_out=linear_fn(attn.out_proj),
+            self_out=residual_fn(attn.out_proj),
             ffn=FeedForwardBlock.of(layer, pre=self.pre),
         )
 
@@ -111,7 +111,7 @@ class LeanEncoder:
                 v = qkv[..., (h + hkv) * d :].view(b, s, hkv, d).transpose(1, 2)  # (B, Hkv, S, D)
                 a = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=self.gqa)  # (B, H, S, D)
                 a = a.transpose(1, 2).reshape(b * s, h * d).index_select(0, real)  # (T, H D)
-            x = x + w.self_out(a)  # (T, d)
+            x = w.self_out(a, x)  # x + out(a), (T, d)
             if not pre:
                 x = w.self_norm(x)
             x = w.ffn(x)  # feed-forward, (T, d)

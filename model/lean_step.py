@@ -32,6 +32,9 @@ from .transformer import Transformer
 
 Linear = Callable[[Tensor], Tensor]
 """``(N, K) -> (N, M)``: one Linear (activation fused where the fast path fused it)."""
+Residual = Callable[[Tensor, Tensor], Tensor]
+"""``(y, x) -> x + linear(y)``: a Linear and its residual connection. A native Linear adds into ``x``
+in place (no separate add, no new tensor) and returns it, so ``x`` must be the caller's own."""
 Attend = Callable[[int, Tensor], Tensor]
 """One decode step's attention of layer ``i``: projected queries (and K/V) -> ``(R, H D)``."""
 
@@ -57,6 +60,14 @@ def linear_fn(module: nn.Module, *, relu: bool = False) -> Linear:
     if relu:
         raise ValueError(f"no fused ReLU for {type(module).__name__}")
     return module.forward  # anything else: skip only __call__'s hooks
+
+
+def residual_fn(module: nn.Module) -> Residual:
+    """``(y, x) -> x + module(y)`` (see ``Residual``)."""
+    fn = linear_fn(module)
+    if isinstance(fn, native.Linear):
+        return fn.add_to
+    return lambda y, x: x + fn(y)
 
 
 def fusable_relu(module: nn.Module, activation: Callable[[Tensor], Tensor]) -> bool:
@@ -96,7 +107,8 @@ class FeedForwardBlock:
     fc1: Linear
     activation: Callable[[Tensor], Tensor] | None
     """Applied after ``fc1`` unless the fast path fused it into the GEMM (``None``)."""
-    fc2: Linear
+    fc2: Residual
+    """``fc2`` and the block's residual connection."""
 
     @classmethod
     def of(cls, layer: EncoderLayer | DecoderLayer, *, pre: bool) -> FeedForwardBlock:
@@ -107,15 +119,16 @@ class FeedForwardBlock:
             norm=residual_norm(layer.ffn_res),
             fc1=linear_fn(layer.ffn.fc1, relu=fold_relu),
             activation=None if activation is fused_activation or fold_relu else activation,
-            fc2=linear_fn(layer.ffn.fc2),
+            fc2=residual_fn(layer.ffn.fc2),
         )
 
     def __call__(self, x: Tensor) -> Tensor:
+        """x (N, d), which a native ``fc2`` updates in place -> (N, d)."""
         y = self.norm(x) if self.pre else x
         y = self.fc1(y)  # (N, F)
         if self.activation is not None:
             y = self.activation(y)
-        x = x + self.fc2(y)  # (N, d)
+        x = self.fc2(y, x)  # x + fc2(y), (N, d)
         return x if self.pre else self.norm(x)
 
 
@@ -125,10 +138,10 @@ class _Layer:
 
     self_norm: Callable[[Tensor], Tensor]
     qkv: Linear
-    self_out: Linear
+    self_out: Residual
     cross_norm: Callable[[Tensor], Tensor]
     cross_q: Linear
-    cross_out: Linear
+    cross_out: Residual
     ffn: FeedForwardBlock
 
 
@@ -171,10 +184,10 @@ class LeanDecoder:
         return _Layer(
             self_norm=residual_norm(layer.self_attn_res),
             qkv=linear_fn(self_attn.qkv_proj),
-            self_out=linear_fn(self_attn.out_proj),
+            self_out=residual_fn(self_attn.out_proj),
             cross_norm=residual_norm(layer.cross_attn_res),
             cross_q=linear_fn(cross.q_proj),
-            cross_out=linear_fn(cross.out_proj),
+            cross_out=residual_fn(cross.out_proj),
             ffn=FeedForwardBlock.of(layer, pre=self.pre),
         )
 
@@ -190,11 +203,11 @@ class LeanDecoder:
         x = self._embed(tokens, cache)  # (R, d)
         for i, w in enumerate(self.layers):
             y = w.self_norm(x) if pre else x
-            x = x + w.self_out(self_attention(i, w.qkv(y)))  # (R, d)
+            x = w.self_out(self_attention(i, w.qkv(y)), x)  # x + out(attention), (R, d)
             if not pre:
                 x = w.self_norm(x)
             y = w.cross_norm(x) if pre else x
-            x = x + w.cross_out(cross_attention(i, w.cross_q(y)))  # (R, d)
+            x = w.cross_out(cross_attention(i, w.cross_q(y)), x)  # (R, d)
             if not pre:
                 x = w.cross_norm(x)
             x = w.ffn(x)  # feed-forward, (R, d)

@@ -1,5 +1,6 @@
-"""Native CPU kernels (``model/attend.c``), compiled once per machine and called through ctypes:
-the decoder's attention step and the search's top-k of log-probabilities.
+"""Native CPU kernels (``model/attend.c``, ``model/gemm.c``), compiled once per machine and called
+through ctypes: the decoder's attention step, the search's top-k of log-probabilities, and the
+float32 Linears (``Linear``; split over torch's own OpenMP threads).
 
 The library is looked up, in order, beside this module (a prebuilt copy, e.g. baked into the
 container image by ``python -m ferry.model.native --build``) and in the user cache directory
@@ -7,8 +8,8 @@ container image by ``python -m ferry.model.native --build``) and in the user cac
 it is compiled into the cache directory with the system C compiler (``$CC``, else ``cc``; ~1 s). The
 file name carries a hash of the source and flags, so an edited kernel is rebuilt. Without a compiler,
 a writable cache or an x86-64/aarch64 Linux-like platform, ``attention()`` returns ``None`` and the
-decoder keeps torch's ``scaled_dot_product_attention`` and the search ``log_softmax``/``topk`` (same
-results within float rounding). ``FERRY_NATIVE=0`` turns the kernels off.
+decoder keeps torch's ``scaled_dot_product_attention`` and GEMMs, and the search
+``log_softmax``/``topk`` (same results within float rounding). ``FERRY_NATIVE=0`` turns the kernels off.
 """
 
 from __future__ import annotations
@@ -34,7 +35,9 @@ NATIVE_ENV = "FERRY_NATIVE"
 """``0`` turns the native kernels off (torch's attention and top-k everywhere)."""
 CACHE_ENV = "FERRY_CACHE_DIR"
 """Where compiled kernels are kept (default ``$XDG_CACHE_HOME/ferry`` or ``~/.cache/ferry``)."""
-SOURCE = Path(__file__).with_name("attend.c")
+SOURCES = (Path(__file__).with_name("attend.c"), Path(__file__).with_name("gemm.c"))
+OPENMP_ENTRY_POINTS = ("GOMP_parallel", "omp_get_thread_num", "omp_get_num_threads")
+"""What ``gemm.c`` runs its threads with (libgomp's ABI; LLVM's and Intel's runtimes export it too)."""
 FLAGS = (
     "-O3",
     "-shared",
@@ -53,7 +56,7 @@ _i64 = ctypes.c_int64
 
 def library_name() -> str:
     """``ferry_attend-<hash>.so``: the hash covers the source and the compiler flags."""
-    digest = hashlib.sha256(SOURCE.read_bytes() + " ".join(FLAGS).encode()).hexdigest()[:16]
+    digest = hashlib.sha256(b"".join(s.read_bytes() for s in SOURCES) + " ".join(FLAGS).encode()).hexdigest()[:16]
     return f"ferry_attend-{digest}.so"
 
 
@@ -75,9 +78,8 @@ def build(directory: Path) -> Path:
     fd, tmp = tempfile.mkstemp(dir=directory, prefix=".build-", suffix=".so")
     os.close(fd)
     try:
-        done = subprocess.run(
-            [compiler, *FLAGS, "-o", tmp, str(SOURCE), "-lm"], capture_output=True, text=True, timeout=120
-        )
+        command = [compiler, *FLAGS, "-o", tmp, *map(str, SOURCES), "-lm"]
+        done = subprocess.run(command, capture_output=True, text=True, timeout=120)
         if done.returncode != 0:
             raise RuntimeError(f"{compiler} failed: {done.stderr.strip()[-2000:]}")
         os.chmod(tmp, 0o755)  # mkstemp made it owner-only: other users (a container's) must load it
@@ -113,7 +115,37 @@ def _load(path: Path) -> ctypes.CDLL:
     top = lib.ferry_top_log_probs
     top.restype = ctypes.c_int
     top.argtypes = [_i64, _i64, _ptr, _i64, _ptr, _i64, _i64, _ptr, _ptr]
+    linear = lib.ferry_linear
+    linear.restype = ctypes.c_int
+    # rows, out features, in features, x, x row stride, packed weight, bias, y, y row stride, flags, threads
+    linear.argtypes = [_i64, _i64, _i64, _ptr, _i64, _ptr, _ptr, _ptr, _i64, _i64, _i64]
+    pack = lib.ferry_pack_weight
+    pack.restype = None
+    pack.argtypes = [_i64, _i64, _ptr, _i64, _ptr]
+    lib.ferry_set_openmp.restype = None
+    lib.ferry_set_openmp.argtypes = [_ptr, _ptr, _ptr]
+    omp = openmp_runtime()
+    if omp is not None:
+        lib.ferry_set_openmp(*(ctypes.cast(getattr(omp, n), _ptr) for n in OPENMP_ENTRY_POINTS))
     return lib
+
+
+def openmp_runtime() -> ctypes.CDLL | None:
+    """torch's CPU library, through which the OpenMP entry points ``gemm.c`` uses resolve to the
+    runtime torch itself runs on; ``None`` where torch has no OpenMP (the native Linears then run on
+    one thread). Sharing torch's runtime keeps one thread team: another OpenMP runtime in the process
+    (other packages bring their own libgomp copies) would spin its own threads on the same cores."""
+    for name in ("libtorch_cpu.so", "libtorch_cpu.dylib"):
+        path = Path(torch.__file__).parent / "lib" / name
+        if not path.exists():
+            continue
+        try:
+            lib = ctypes.CDLL(str(path))  # already loaded by ``import torch``: the same handle
+        except OSError:
+            continue
+        if all(hasattr(lib, n) for n in OPENMP_ENTRY_POINTS):  # dlsym searches its dependencies
+            return lib
+    return None
 
 
 @functools.cache
@@ -267,6 +299,74 @@ class TopLogProbs:
         if status != 0:
             raise MemoryError("native top-k could not allocate its scratch buffer")
         return scores, tokens
+
+
+class Linear:
+    """``y = act(x W^T + b)`` in ``model/gemm.c``: the weight (N, K) packed once into panels of 16
+    output columns; ``x`` (M, K) float32 on the CPU with contiguous rows; ``relu`` fuses the
+    activation. ``add_to(x, out)`` adds the result to ``out`` (M, N) in place instead (a residual
+    connection without a separate add). Calls split over ``torch.get_num_threads()`` threads when the
+    library has OpenMP and the call is large enough; each result is the same whatever the thread
+    count or the rows beside it."""
+
+    PANEL = 16
+
+    def __init__(self, lib: ctypes.CDLL, weight: Tensor, bias: Tensor | None, *, relu: bool = False) -> None:
+        if weight.dtype != torch.float32 or weight.device.type != "cpu" or weight.dim() != 2:
+            raise ValueError("native Linear needs a 2-D float32 CPU weight")
+        self._fn = lib.ferry_linear
+        self.out_features, self.in_features = n, k = weight.shape
+        w = weight.detach().contiguous()
+        self.panels = torch.empty(-(-n // self.PANEL) * k * self.PANEL)  # (N / 16, K, 16) flattened
+        lib.ferry_pack_weight(n, k, w.data_ptr(), k, self.panels.data_ptr())
+        self.bias = bias.detach().contiguous() if bias is not None else None
+        if self.bias is not None and (self.bias.dtype != torch.float32 or self.bias.numel() != n):
+            raise ValueError(f"native Linear needs a float32 bias of {n} values")
+        self._bias_ptr = self.bias.data_ptr() if self.bias is not None else None
+        self._relu = int(relu)
+
+    def _run(self, x: Tensor, out: Tensor, flags: int) -> None:
+        if x.dtype != torch.float32 or x.device.type != "cpu" or x.dim() != 2 or x.stride(1) != 1:
+            raise ValueError("native Linear needs 2-D float32 CPU input with contiguous rows")
+        if x.shape[1] != self.in_features:
+            raise ValueError(f"native Linear expects {self.in_features} input features, got {x.shape[1]}")
+        m = x.shape[0]
+        self._fn(
+            m,
+            self.out_features,
+            self.in_features,
+            x.data_ptr(),
+            x.stride(0),
+            self.panels.data_ptr(),
+            self._bias_ptr,
+            out.data_ptr(),
+            out.stride(0),
+            flags,
+            torch.get_num_threads(),
+        )
+
+    def __call__(self, x: Tensor) -> Tensor:
+        out = x.new_empty(x.shape[0], self.out_features)  # (M, N)
+        self._run(x, out, self._relu)
+        return out
+
+    def add_to(self, x: Tensor, out: Tensor) -> Tensor:
+        """``out += act(x W^T + b)`` in place; returns ``out``."""
+        if (
+            out.dtype != torch.float32
+            or out.shape != (x.shape[0], self.out_features)
+            or out.stride(1) != 1
+            or out.device.type != "cpu"
+        ):
+            raise ValueError(f"native Linear adds into a ({x.shape[0]}, {self.out_features}) float32 CPU tensor")
+        self._run(x, out, self._relu | 2)
+        return out
+
+
+def linear(weight: Tensor, bias: Tensor | None, *, relu: bool = False) -> Linear | None:
+    """A native float32 Linear of ``weight``/``bias``, or ``None`` when the kernels are unavailable."""
+    lib = library()
+    return Linear(lib, weight, bias, relu=relu) if lib is not None else None
 
 
 def top_log_probs() -> TopLogProbs | None:

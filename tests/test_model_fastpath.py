@@ -168,7 +168,7 @@ def test_gemm_choice_is_measured_per_shape_and_bad_names_are_refused(tiny_checkp
     for backend, mkl_rows in choice.values():
         assert backend in BACKENDS and (mkl_rows == 0 or (backend == "onednn" and 1 <= mkl_rows < 8))
     loaded = load_model(tiny_checkpoint)
-    with pytest.raises(ValueError, match="gemm='blas'; allowed: auto, onednn, mkl"):
+    with pytest.raises(ValueError, match="gemm='blas'; allowed: auto, native, mkl, onednn"):
         prepare_for_inference(loaded.model, gemm="blas")
 
 
