@@ -169,16 +169,16 @@ void ferry_pack_weight(int64_t N, int64_t K, const float *w, int64_t ldw, float 
 }
 
 /* The OpenMP runtime's entry points (libgomp ABI, also exported by LLVM's and Intel's runtimes). */
-static void (*omp_parallel)(void (*)(void *), void *, unsigned, unsigned);
-static int (*omp_thread_num)(void);
-static int (*omp_num_threads)(void);
+void (*ferry_omp_parallel)(void (*)(void *), void *, unsigned, unsigned);
+int (*ferry_omp_thread_num)(void);
+int (*ferry_omp_num_threads)(void);
 
 /* Hand in GOMP_parallel, omp_get_thread_num and omp_get_num_threads (all three, or NULLs: serial). */
 void ferry_set_openmp(void *parallel, void *thread_num, void *num_threads) {
     int all = parallel && thread_num && num_threads;
-    omp_parallel = all ? (void (*)(void (*)(void *), void *, unsigned, unsigned))parallel : 0;
-    omp_thread_num = all ? (int (*)(void))thread_num : 0;
-    omp_num_threads = all ? (int (*)(void))num_threads : 0;
+    ferry_omp_parallel = all ? (void (*)(void (*)(void *), void *, unsigned, unsigned))parallel : 0;
+    ferry_omp_thread_num = all ? (int (*)(void))thread_num : 0;
+    ferry_omp_num_threads = all ? (int (*)(void))num_threads : 0;
 }
 
 typedef struct {
@@ -191,7 +191,7 @@ typedef struct {
 /* One thread's contiguous share of the panels. */
 static void gemm_share(void *arg) {
     const gemm_task *t = arg;
-    int64_t id = omp_thread_num(), n = omp_num_threads();
+    int64_t id = ferry_omp_thread_num(), n = ferry_omp_num_threads();
     panels(t->np * id / n, t->np * (id + 1) / n, t->M, t->N, t->K, t->x, t->ldx, t->w, t->y, t->ldy, t->e);
 }
 
@@ -206,9 +206,9 @@ int ferry_linear(int64_t M, int64_t N, int64_t K, const float *x, int64_t ldx, c
     }
     const int64_t np = (N + NR - 1) / NR;
     if (M <= 0 || N <= 0) return 0;
-    if (omp_parallel && threads > 1 && np > 1 && M * N * K >= PARALLEL_MACS) {
+    if (ferry_omp_parallel && threads > 1 && np > 1 && M * N * K >= PARALLEL_MACS) {
         gemm_task task = {np, M, N, K, ldx, ldy, x, w, y, &e};
-        omp_parallel(gemm_share, &task, (unsigned)(threads < np ? threads : np), 0);
+        ferry_omp_parallel(gemm_share, &task, (unsigned)(threads < np ? threads : np), 0);
         return 0;
     }
     panels(0, np, M, N, K, x, ldx, w, y, ldy, &e);

@@ -26,7 +26,7 @@ from torch.ao.nn.quantized.dynamic import Linear as DynamicLinear
 from . import native
 from .attention import Attention
 from .cache import DecoderCache
-from .fastpath import PackedLinear, direct_op, fused_activation, gemm_fn
+from .fastpath import NativeInt8Linear, PackedLinear, direct_op, fused_activation, gemm_fn
 from .layers import DecoderLayer, EncoderLayer
 from .transformer import Transformer
 
@@ -45,6 +45,8 @@ def linear_fn(module: nn.Module, *, relu: bool = False) -> Linear:
     ``relu=True`` (int8 Linears only) returns ``relu(module(x))`` in one fused op."""
     if isinstance(module, PackedLinear):
         return gemm_fn(module)
+    if isinstance(module, NativeInt8Linear):
+        return module.native
     if type(module) is nn.Linear:
         weight, bias = module.weight, module.bias
         return lambda x: F.linear(x, weight, bias)

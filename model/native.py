@@ -35,7 +35,7 @@ NATIVE_ENV = "FERRY_NATIVE"
 """``0`` turns the native kernels off (torch's attention and top-k everywhere)."""
 CACHE_ENV = "FERRY_CACHE_DIR"
 """Where compiled kernels are kept (default ``$XDG_CACHE_HOME/ferry`` or ``~/.cache/ferry``)."""
-SOURCES = (Path(__file__).with_name("attend.c"), Path(__file__).with_name("gemm.c"))
+SOURCES = tuple(Path(__file__).with_name(name) for name in ("attend.c", "gemm.c", "qgemm.c"))
 OPENMP_ENTRY_POINTS = ("GOMP_parallel", "omp_get_thread_num", "omp_get_num_threads")
 """What ``gemm.c`` runs its threads with (libgomp's ABI; LLVM's and Intel's runtimes export it too)."""
 FLAGS = (
@@ -122,6 +122,11 @@ def _load(path: Path) -> ctypes.CDLL:
     pack = lib.ferry_pack_weight
     pack.restype = None
     pack.argtypes = [_i64, _i64, _ptr, _i64, _ptr]
+    qlinear = lib.ferry_linear_int8
+    qlinear.restype = ctypes.c_int
+    # rows, out features, in features, x, x row stride, packed weight, scales, column sums, bias, y,
+    # y row stride, flags, threads
+    qlinear.argtypes = [_i64, _i64, _i64, _ptr, _i64, _ptr, _ptr, _ptr, _ptr, _ptr, _i64, _i64, _i64]
     lib.ferry_set_openmp.restype = None
     lib.ferry_set_openmp.argtypes = [_ptr, _ptr, _ptr]
     omp = openmp_runtime()
@@ -330,9 +335,11 @@ class Linear:
             raise ValueError("native Linear needs 2-D float32 CPU input with contiguous rows")
         if x.shape[1] != self.in_features:
             raise ValueError(f"native Linear expects {self.in_features} input features, got {x.shape[1]}")
-        m = x.shape[0]
+        self._kernel(x, out, flags)
+
+    def _kernel(self, x: Tensor, out: Tensor, flags: int) -> None:
         self._fn(
-            m,
+            x.shape[0],
             self.out_features,
             self.in_features,
             x.data_ptr(),
@@ -361,6 +368,62 @@ class Linear:
             raise ValueError(f"native Linear adds into a ({x.shape[0]}, {self.out_features}) float32 CPU tensor")
         self._run(x, out, self._relu | 2)
         return out
+
+
+class Int8Linear(Linear):
+    """``Linear`` with int8 weights (``model/qgemm.c``): one scale per output channel (symmetric,
+    [-127, 127]); each input row quantized on the fly to 7 bits with its own scale and zero point.
+    ``dequantized`` is the float weight it multiplies by (for references and tests)."""
+
+    GROUP = 4
+
+    def __init__(self, lib: ctypes.CDLL, weight: Tensor, bias: Tensor | None, *, relu: bool = False) -> None:
+        if weight.dtype != torch.float32 or weight.device.type != "cpu" or weight.dim() != 2:
+            raise ValueError("native Linear needs a 2-D float32 CPU weight")
+        self._fn = lib.ferry_linear_int8
+        self.out_features, self.in_features = n, k = weight.shape
+        w = weight.detach()
+        scale = w.abs().amax(1) / 127  # (N,)
+        scale = torch.where(scale > 0, scale, torch.ones_like(scale)).contiguous()
+        q = torch.round(w / scale[:, None]).clamp_(-127, 127).to(torch.int8)  # (N, K)
+        self.dequantized = q.float() * scale[:, None]
+        panels, kp = -(-n // self.PANEL), -(-k // self.GROUP) * self.GROUP
+        padded = torch.zeros(panels * self.PANEL, kp, dtype=torch.int8)
+        padded[:n, :k] = q
+        # (N / 16, 16, K / 4, 4) -> (N / 16, K / 4, 16, 4): a k-group of a panel is 64 contiguous bytes
+        self.panels = padded.view(panels, self.PANEL, kp // self.GROUP, self.GROUP).permute(0, 2, 1, 3).contiguous()
+        self.colsum = q.sum(1, dtype=torch.int32).contiguous()  # (N,)
+        self.scale = scale
+        self.bias = bias.detach().contiguous() if bias is not None else None
+        if self.bias is not None and (self.bias.dtype != torch.float32 or self.bias.numel() != n):
+            raise ValueError(f"native Linear needs a float32 bias of {n} values")
+        self._bias_ptr = self.bias.data_ptr() if self.bias is not None else None
+        self._relu = int(relu)
+
+    def _kernel(self, x: Tensor, out: Tensor, flags: int) -> None:
+        status = self._fn(
+            x.shape[0],
+            self.out_features,
+            self.in_features,
+            x.data_ptr(),
+            x.stride(0),
+            self.panels.data_ptr(),
+            self.scale.data_ptr(),
+            self.colsum.data_ptr(),
+            self._bias_ptr,
+            out.data_ptr(),
+            out.stride(0),
+            flags,
+            torch.get_num_threads(),
+        )
+        if status != 0:
+            raise MemoryError("native int8 Linear could not allocate its activation buffer")
+
+
+def int8_linear(weight: Tensor, bias: Tensor | None, *, relu: bool = False) -> Int8Linear | None:
+    """A native int8 Linear of ``weight``/``bias``, or ``None`` when the kernels are unavailable."""
+    lib = library()
+    return Int8Linear(lib, weight, bias, relu=relu) if lib is not None else None
 
 
 def linear(weight: Tensor, bias: Tensor | None, *, relu: bool = False) -> Linear | None:

@@ -8,6 +8,7 @@ translated exactly (it is a different model numerically; on en-de test2016 BLEU 
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pytest
@@ -17,7 +18,12 @@ from ferry.model.cache import DecoderCache
 from ferry.model.fastpath import PackedLinear, fast_path_report, onednn_available, prepare_for_inference
 from ferry.model.loading import load_model
 
-GEMMS = ["mkl", pytest.param("onednn", marks=pytest.mark.skipif(not onednn_available(), reason="no oneDNN"))]
+QENGINES = torch.backends.quantized.supported_engines
+GEMMS = [
+    "mkl",
+    pytest.param("onednn", marks=pytest.mark.skipif(not onednn_available(), reason="no oneDNN")),
+    pytest.param("native", marks=pytest.mark.skipif(shutil.which("cc") is None, reason="no C compiler")),
+]
 
 
 def _pair(tiny_checkpoint: Path, **prepare: object) -> tuple[Translator, Translator]:
@@ -63,11 +69,21 @@ def test_prepared_model_keeps_its_state_dict(tiny_checkpoint: Path) -> None:
     assert prepare_for_inference(fast.model) is fast_path_report(fast.model)  # idempotent
 
 
-def test_int8_per_channel_within_tolerance(tiny_checkpoint: Path, tiny_pairs: list) -> None:
+@pytest.mark.parametrize(
+    "engine",
+    [
+        pytest.param("native", marks=pytest.mark.skipif(shutil.which("cc") is None, reason="no C compiler")),
+        pytest.param("fbgemm", marks=pytest.mark.skipif("fbgemm" not in QENGINES, reason="no fbgemm")),
+    ],
+)
+def test_int8_per_channel_within_tolerance(
+    tiny_checkpoint: Path, tiny_pairs: list, engine: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("FERRY_QENGINE", engine)
     _, fast = _pair(tiny_checkpoint, quantize=True)
     report = fast_path_report(fast.model)
     assert report is not None and report.quantized
-    assert all(v.startswith("int8:") for v in report.gemm.values()) and "64x64" in report.gemm  # output too
+    assert set(report.gemm.values()) == {f"int8:{engine}"} and "64x64" in report.gemm  # output too
     sources = [s for s, _ in tiny_pairs]
     for beam in (1, 4):
         got = [r.text for r in fast.translate_batch(sources, beam_size=beam)]

@@ -112,3 +112,56 @@ def test_threads_run_on_torchs_own_openmp_runtime() -> None:
             assert omp.omp_get_max_threads() == threads
     finally:
         torch.set_num_threads(before)
+
+
+def _int8_reference(lin: native.Int8Linear, x: torch.Tensor) -> torch.Tensor:
+    """What qgemm.c computes, in float64: each row quantized to 7 bits with its own scale and zero
+    point (the range always holds 0), times the int8 weights, rescaled, plus the bias."""
+    lo = x.clamp(max=0).amin(1, keepdim=True)
+    hi = x.clamp(min=0).amax(1, keepdim=True)
+    s = (hi - lo) / 127
+    s = torch.where(s > 0, s, torch.ones_like(s))
+    z = torch.floor(-lo * (1 / s) + 0.5).clamp(0, 127)
+    q = torch.floor(x * (1 / s) + z + 0.5).clamp(0, 127)  # (M, K) in [0, 127]
+    wq = torch.round(lin.dequantized / lin.scale[:, None]).double()  # (N, K) int8 values
+    y = ((q.double() - z.double()) @ wq.t()) * s.double() * lin.scale.double()[None, :]
+    if lin.bias is not None:
+        y = y + lin.bias.double()
+    return y.float()
+
+
+@pytest.mark.parametrize("rows", [1, 3, 4, 5, 9, 64])
+@pytest.mark.parametrize(("n", "k"), [(16, 8), (17, 5), (40, 33), (256, 256), (300, 1024)])
+def test_int8_linear_computes_its_quantized_product(rows: int, n: int, k: int) -> None:
+    torch.manual_seed(rows * 100 + n + k)
+    w, b = torch.randn(n, k) * 0.1, torch.randn(n)
+    lin = native.int8_linear(w, b)
+    assert lin is not None
+    x = torch.randn(rows, k)
+    got = lin(x)
+    torch.testing.assert_close(got, _int8_reference(lin, x), atol=2e-4 * k**0.5, rtol=1e-4)
+    # and it stays an approximation of the float Linear: 7-bit activations, 8-bit weights
+    assert (got - F.linear(x, w, b)).abs().max() < 0.05 * F.linear(x, w, b).abs().max()
+
+
+def test_int8_bias_relu_residual_and_threads() -> None:
+    torch.manual_seed(3)
+    w = torch.randn(70, 24)
+    lin = native.int8_linear(w, None, relu=True)
+    assert lin is not None
+    x = torch.randn(11, 24)
+    want = _int8_reference(lin, x).relu()
+    torch.testing.assert_close(lin(x), want, atol=1e-4, rtol=1e-5)
+    out = torch.ones(11, 70)
+    lin.add_to(x, out)
+    torch.testing.assert_close(out, want + 1, atol=1e-4, rtol=1e-5)
+    alone = torch.cat([lin(x[i : i + 1]) for i in range(11)])
+    before = torch.get_num_threads()
+    try:
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            assert torch.equal(lin(x), alone)  # integer sums: exact whatever the rows or threads
+    finally:
+        torch.set_num_threads(before)
+    zeros = torch.zeros(2, 24)
+    assert torch.equal(lin(zeros), torch.zeros(2, 70))  # an all-zero row (scale 1, zero point 0)
