@@ -373,7 +373,7 @@ class Linear:
 class Int8Linear(Linear):
     """``Linear`` with int8 weights (``model/qgemm.c``): one scale per output channel (symmetric,
     [-127, 127]); each input row quantized on the fly to 7 bits with its own scale and zero point.
-    ``dequantized`` is the float weight it multiplies by (for references and tests)."""
+    ``dequantized`` unpacks the float weight it multiplies by (for references and tests)."""
 
     GROUP = 4
 
@@ -386,7 +386,6 @@ class Int8Linear(Linear):
         scale = w.abs().amax(1) / 127  # (N,)
         scale = torch.where(scale > 0, scale, torch.ones_like(scale)).contiguous()
         q = torch.round(w / scale[:, None]).clamp_(-127, 127).to(torch.int8)  # (N, K)
-        self.dequantized = q.float() * scale[:, None]
         panels, kp = -(-n // self.PANEL), -(-k // self.GROUP) * self.GROUP
         padded = torch.zeros(panels * self.PANEL, kp, dtype=torch.int8)
         padded[:n, :k] = q
@@ -399,6 +398,13 @@ class Int8Linear(Linear):
             raise ValueError(f"native Linear needs a float32 bias of {n} values")
         self._bias_ptr = self.bias.data_ptr() if self.bias is not None else None
         self._relu = int(relu)
+
+    @property
+    def dequantized(self) -> Tensor:
+        """(N, K) float32: the int8 weights times their scales, unpacked from the panels."""
+        panels, groups = self.panels.shape[:2]
+        q = self.panels.permute(0, 2, 1, 3).reshape(panels * self.PANEL, groups * self.GROUP)  # (N', K')
+        return q[: self.out_features, : self.in_features].float() * self.scale[:, None]
 
     def _kernel(self, x: Tensor, out: Tensor, flags: int) -> None:
         status = self._fn(
