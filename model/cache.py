@@ -142,6 +142,13 @@ class DecoderCache:
         Only positions below a row's length are meaningful."""
         return self._table
 
+    @property
+    def buffers(self) -> tuple[Tensor, Tensor]:
+        """The stacked self- and cross-attention buffers every layer's ``self_k``/``self_v`` and
+        ``cross_k``/``cross_v`` are views of: (R_cap, L, 2, Hkv, T_cap, D) and (N_cap, L, 2, Hkv,
+        S_cap, D) (for a native step that runs all layers in one call). They move when the cache grows."""
+        return self._self, self._cross
+
     @staticmethod
     def _identity_table(rows: int, capacity: int, device: torch.device) -> Tensor:
         """(rows, capacity) table where every row reads its own K/V row."""

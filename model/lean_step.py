@@ -168,6 +168,9 @@ class LeanDecoder:
         use = native_attention and cpu_fp32
         self.attend = native.attention(self.heads, self.kv_heads, self.head_dim) if use else None
         """Both attentions in native code (``model/native.py``), or ``None``: torch's SDPA with masks."""
+        self.fused = self._fused_layers(model) if self.attend is not None and self.pre else None
+        """Every layer of a step in one native call (``model/step.c``) when the whole layer is native:
+        pre-norm LayerNorms, native Linears (ReLU fused), native attention; else ``None``."""
 
     @staticmethod
     def supports(model: Transformer) -> bool:
@@ -193,10 +196,44 @@ class LeanDecoder:
             ffn=FeedForwardBlock.of(layer, pre=self.pre),
         )
 
+    def _fused_layers(self, model: Transformer) -> native.DecodeLayers | None:
+        specs: list[tuple[list[tuple[Tensor, Tensor]], dict[str, native.Linear]]] = []
+        eps: float | None = None
+        for block in model.decoder_layers:
+            layer: DecoderLayer = block  # type: ignore[assignment]
+            norms = []
+            for res in (layer.self_attn_res, layer.cross_attn_res, layer.ffn_res):
+                norm = res.norm
+                if not isinstance(norm, nn.LayerNorm) or norm.weight is None or norm.bias is None:
+                    return None
+                if eps is not None and norm.eps != eps:
+                    return None
+                eps = norm.eps
+                norms.append((norm.weight.detach().contiguous(), norm.bias.detach().contiguous()))
+            if layer.ffn.activation is not fused_activation:
+                return None  # an activation the fc1 GEMM does not apply (GELU)
+            modules = {
+                "qkv": layer.self_attn.qkv_proj,
+                "self_out": layer.self_attn.out_proj,
+                "cross_q": layer.cross_attn.q_proj,
+                "cross_out": layer.cross_attn.out_proj,
+                "fc1": layer.ffn.fc1,
+                "fc2": layer.ffn.fc2,
+            }
+            linears = {name: linear_fn(m) for name, m in modules.items() if m is not None}
+            if len(linears) != len(modules) or not all(isinstance(f, native.Linear) for f in linears.values()):
+                return None
+            specs.append((norms, linears))  # type: ignore[arg-type]
+        if eps is None:
+            return None
+        return native.decode_layers(specs, heads=self.heads, kv_heads=self.kv_heads, head_dim=self.head_dim, eps=eps)
+
     def decode_step(self, tokens: Tensor, cache: DecoderCache) -> Tensor:
         """Feed one token per row (R,) at each row's own position; returns logits (R, V)."""
         if cache.max_length >= self.max_positions:
             raise ValueError(f"decoding past max_positions={self.max_positions}; lower max_length")
+        if self.fused is not None:
+            return self._fused_step(tokens, cache, self.fused)
         if self.attend is not None:
             self_attention, cross_attention = self._native_attention(cache, self.attend)
         else:
@@ -213,6 +250,28 @@ class LeanDecoder:
             if not pre:
                 x = w.cross_norm(x)
             x = w.ffn(x)  # feed-forward, (R, d)
+        cache.advance()
+        return self._logits(x)
+
+    def _fused_step(self, tokens: Tensor, cache: DecoderCache, fused: native.DecodeLayers) -> Tensor:
+        """``decode_step`` with every layer in one native call (``model/step.c``)."""
+        cache.reserve_step()
+        x = self._embed(tokens, cache).contiguous()  # (R, d), updated in place by the layers
+        self_kv, cross_kv = cache.buffers
+        cross = cache.cross_k[0]  # (N, Hkv, S, D) view: the rows and source positions in use
+        src_lengths = cache.src_lengths if cache.src_lengths.is_contiguous() else cache.src_lengths.contiguous()
+        fused(
+            x,
+            lengths=cache.lengths,
+            src_lengths=src_lengths,
+            group=cache.group,
+            table=cache.row_table,
+            self_kv=self_kv,
+            self_rows=cache.num_rows,
+            cross_kv=cross_kv,
+            cross_rows=cross.shape[0],
+            cross_positions=cross.shape[2],
+        )
         cache.advance()
         return self._logits(x)
 

@@ -35,7 +35,7 @@ NATIVE_ENV = "FERRY_NATIVE"
 """``0`` turns the native kernels off (torch's attention and top-k everywhere)."""
 CACHE_ENV = "FERRY_CACHE_DIR"
 """Where compiled kernels are kept (default ``$XDG_CACHE_HOME/ferry`` or ``~/.cache/ferry``)."""
-SOURCES = tuple(Path(__file__).with_name(name) for name in ("attend.c", "gemm.c", "qgemm.c"))
+SOURCES = tuple(Path(__file__).with_name(name) for name in ("attend.c", "gemm.c", "qgemm.c", "step.c"))
 OPENMP_ENTRY_POINTS = ("GOMP_parallel", "omp_get_thread_num", "omp_get_num_threads")
 """What ``gemm.c`` runs its threads with (libgomp's ABI; LLVM's and Intel's runtimes export it too)."""
 FLAGS = (
@@ -90,6 +90,58 @@ def build(directory: Path) -> Path:
     return target
 
 
+class _Lin(ctypes.Structure):
+    """``ferry_lin`` of model/step.c: one packed Linear."""
+
+    _fields_ = [
+        ("int8", _i64),
+        ("n", _i64),
+        ("k", _i64),
+        ("relu", _i64),
+        ("w", _ptr),
+        ("scale", _ptr),
+        ("colsum", _ptr),
+        ("bias", _ptr),
+    ]
+
+
+class _Layer(ctypes.Structure):
+    """``ferry_layer``: a pre-norm decoder layer's norms and Linears."""
+
+    _fields_ = [
+        ("norm_w", _ptr * 3),
+        ("norm_b", _ptr * 3),
+        *((name, _Lin) for name in ("qkv", "self_out", "cross_q", "cross_out", "fc1", "fc2")),
+    ]
+
+
+class _KV(ctypes.Structure):
+    """``ferry_kv``: the stacked K/V buffer of all layers and its element strides."""
+
+    _fields_ = [
+        (name, _ptr if name == "base" else _i64)
+        for name in ("base", "rows", "positions", "row", "layer", "kv", "head", "pos")
+    ]
+
+
+class _Step(ctypes.Structure):
+    """``ferry_step``: one decode step's sizes, activations and cache."""
+
+    _fields_ = [
+        *((name, _i64) for name in ("rows", "d_model", "heads", "kv_heads", "head_dim", "group", "layers", "threads")),
+        ("eps", ctypes.c_float),
+        ("scale", ctypes.c_float),
+        ("x", _ptr),
+        ("layer", ctypes.POINTER(_Layer)),
+        ("self", _KV),
+        ("cross", _KV),
+        ("lengths", _ptr),
+        ("src_lengths", _ptr),
+        ("table", _ptr),
+        ("table_stride", _i64),
+    ]
+
+
 def _load(path: Path) -> ctypes.CDLL:
     lib = ctypes.CDLL(str(path))
     fn = lib.ferry_attend
@@ -127,6 +179,8 @@ def _load(path: Path) -> ctypes.CDLL:
     # rows, out features, in features, x, x row stride, packed weight, scales, column sums, bias, y,
     # y row stride, flags, threads
     qlinear.argtypes = [_i64, _i64, _i64, _ptr, _i64, _ptr, _ptr, _ptr, _ptr, _ptr, _i64, _i64, _i64]
+    lib.ferry_decode_layers.restype = ctypes.c_int
+    lib.ferry_decode_layers.argtypes = [ctypes.POINTER(_Step)]
     lib.ferry_set_openmp.restype = None
     lib.ferry_set_openmp.argtypes = [_ptr, _ptr, _ptr]
     omp = openmp_runtime()
@@ -436,6 +490,137 @@ def linear(weight: Tensor, bias: Tensor | None, *, relu: bool = False) -> Linear
     """A native float32 Linear of ``weight``/``bias``, or ``None`` when the kernels are unavailable."""
     lib = library()
     return Linear(lib, weight, bias, relu=relu) if lib is not None else None
+
+
+LAYER_LINEARS = ("qkv", "self_out", "cross_q", "cross_out", "fc1", "fc2")
+"""A pre-norm decoder layer's Linears, in ``DecodeLayers``' order."""
+
+
+class DecodeLayers:
+    """Every pre-norm decoder layer of one decode step in one call (``model/step.c``): the layer
+    norms, the native Linears (float32 or int8), both attentions (storing the step's K/V) and the
+    residual adds run in C on the step's rows; ``x`` (R, d) is updated in place. ``layers``: per
+    layer, ``norms`` ((weight, bias) of the self-attention, cross-attention and feed-forward norms)
+    and the six native Linears named in ``LAYER_LINEARS``."""
+
+    def __init__(
+        self,
+        lib: ctypes.CDLL,
+        layers: list[tuple[list[tuple[Tensor, Tensor]], dict[str, Linear]]],
+        *,
+        heads: int,
+        kv_heads: int,
+        head_dim: int,
+        eps: float,
+    ) -> None:
+        self._fn = lib.ferry_decode_layers
+        self._layers = (_Layer * len(layers))()
+        self._keep: list[Tensor] = []  # what the structures point into
+        d_model = 0
+        for (norms, linears), c in zip(layers, self._layers):
+            for j, (w, b) in enumerate(norms):
+                if (
+                    w.dtype != torch.float32
+                    or b.dtype != torch.float32
+                    or not (w.is_contiguous() and b.is_contiguous())
+                ):
+                    raise ValueError("native decode layers need contiguous float32 layer norm weights")
+                d_model = w.numel()
+                c.norm_w[j], c.norm_b[j] = w.data_ptr(), b.data_ptr()
+                self._keep += [w, b]
+            for name in LAYER_LINEARS:
+                setattr(c, name, _packed(linears[name]))
+        self.d_model = d_model
+        self._step = _Step(
+            d_model=d_model,
+            heads=heads,
+            kv_heads=kv_heads,
+            head_dim=head_dim,
+            layers=len(layers),
+            eps=eps,
+            scale=head_dim**-0.5,
+            layer=ctypes.cast(self._layers, ctypes.POINTER(_Layer)),
+        )
+
+    def __call__(
+        self,
+        x: Tensor,
+        *,
+        lengths: Tensor,
+        src_lengths: Tensor,
+        group: int,
+        table: Tensor | None,
+        self_kv: Tensor,
+        self_rows: int,
+        cross_kv: Tensor,
+        cross_rows: int,
+        cross_positions: int,
+    ) -> Tensor:
+        """``x`` (R, d) contiguous float32, updated in place through every layer and returned;
+        ``self_kv``/``cross_kv`` the cache's stacked (rows, L, 2, Hkv, positions, D) buffers, of which
+        the first ``self_rows`` / ``cross_rows`` rows and ``cross_positions`` source positions are in
+        use; ``lengths``/``src_lengths`` (R,) / (R / group,) int64; ``table`` the cache's row table."""
+        rows = x.shape[0]
+        if x.dtype != torch.float32 or not x.is_contiguous() or x.dim() != 2 or x.shape[1] != self.d_model:
+            raise ValueError(f"native decode layers need contiguous float32 (R, {self.d_model}) activations")
+        for name, t in (("lengths", lengths), ("src_lengths", src_lengths)):
+            if t.dtype != torch.int64 or not t.is_contiguous():
+                raise ValueError(f"native decode layers need contiguous int64 {name}")
+        if lengths.numel() < rows or src_lengths.numel() * group < rows or self_rows < rows:
+            raise ValueError("native decode layers got fewer lengths or cache rows than activation rows")
+        for buf in (self_kv, cross_kv):
+            if buf.dtype != torch.float32 or buf.dim() != 6 or buf.stride(5) != 1:
+                raise ValueError("native decode layers need float32 (rows, L, 2, Hkv, T, D) K/V buffers")
+        s = self._step
+        s.rows, s.group, s.threads, s.x = rows, group, torch.get_num_threads(), x.data_ptr()
+        st = self_kv.stride()
+        s.self = _KV(self_kv.data_ptr(), self_rows, self_kv.shape[4], st[0], st[1], st[2], st[3], st[4])
+        ct = cross_kv.stride()
+        s.cross = _KV(cross_kv.data_ptr(), cross_rows, cross_positions, ct[0], ct[1], ct[2], ct[3], ct[4])
+        s.lengths, s.src_lengths = lengths.data_ptr(), src_lengths.data_ptr()
+        s.table, s.table_stride = (table.data_ptr(), table.stride(0)) if table is not None else (None, 0)
+        if table is not None and (table.dtype != torch.int64 or table.stride(1) != 1 or table.shape[0] < rows):
+            raise ValueError("the row table must be int64 with contiguous rows, one per query row")
+        status = self._fn(ctypes.byref(s))
+        if status == -2:
+            raise ValueError("native decode layers: a row's length or a row-table entry lies outside the K/V buffers")
+        if status == -3:
+            raise ValueError("native decode layers: the layers' Linear shapes do not fit together")
+        if status != 0:
+            raise MemoryError("native decode layers could not allocate their scratch buffers")
+        return x
+
+
+def _packed(lin: Linear) -> _Lin:
+    """A native Linear as ``ferry_lin``."""
+    bias = lin.bias.data_ptr() if lin.bias is not None else None
+    if isinstance(lin, Int8Linear):
+        return _Lin(
+            1,
+            lin.out_features,
+            lin.in_features,
+            lin._relu,
+            lin.panels.data_ptr(),
+            lin.scale.data_ptr(),
+            lin.colsum.data_ptr(),
+            bias,
+        )
+    return _Lin(0, lin.out_features, lin.in_features, lin._relu, lin.panels.data_ptr(), None, None, bias)
+
+
+def decode_layers(
+    layers: list[tuple[list[tuple[Tensor, Tensor]], dict[str, Linear]]],
+    *,
+    heads: int,
+    kv_heads: int,
+    head_dim: int,
+    eps: float,
+) -> DecodeLayers | None:
+    """``DecodeLayers`` over these weights, or ``None`` when the kernels are unavailable."""
+    lib = library()
+    if lib is None:
+        return None
+    return DecodeLayers(lib, layers, heads=heads, kv_heads=kv_heads, head_dim=head_dim, eps=eps)
 
 
 def top_log_probs() -> TopLogProbs | None:

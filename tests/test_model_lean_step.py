@@ -45,12 +45,17 @@ VARIANTS = {
 }
 
 
-def _model(cfg: TransformerConfig, *, quantize: bool = False) -> Transformer:
+def _model(cfg: TransformerConfig, *, quantize: bool = False, use_native: object = False) -> Transformer:
+    """A prepared model: torch's GEMMs (MKL, fbgemm for int8), or with ``use_native="fused"`` the
+    native ones, with which a pre-norm ReLU decoder runs all its layers in one native call."""
     torch.manual_seed(0)
     model = Transformer(cfg).eval()
     if cfg.final_logits_bias:
         torch.nn.init.normal_(model.logits_bias)  # type: ignore[arg-type]
-    prepare_for_inference(model, gemm="mkl", quantize=quantize)
+    native = use_native == "fused"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("FERRY_QENGINE", "native" if native else "fbgemm")
+        prepare_for_inference(model, gemm="native" if native else "mkl", quantize=quantize)
     return model
 
 
@@ -60,20 +65,23 @@ def _cache(model: Transformer, lengths: list[int], seed: int = 1) -> DecoderCach
     return model.init_cache(model.encode(src, torch.tensor(lengths)), capacity=4)
 
 
+NO_CC = pytest.mark.skipif(shutil.which("cc") is None, reason="no C compiler to build the native kernels")
 NATIVE = [
     pytest.param(False, id="torch-attention"),
-    pytest.param(
-        True,
-        id="native-attention",
-        marks=pytest.mark.skipif(shutil.which("cc") is None, reason="no C compiler to build model/attend.c"),
-    ),
+    pytest.param(True, id="native-attention", marks=NO_CC),
+    pytest.param("fused", id="native-gemms-and-fused-layers", marks=NO_CC),
 ]
 
 
-def _lean(model: Transformer, use_native: bool) -> LeanDecoder:
-    lean = LeanDecoder(model, native_attention=use_native)
+def _lean(model: Transformer, use_native: object) -> LeanDecoder:
+    lean = LeanDecoder(model, native_attention=bool(use_native))
     if use_native and next(model.parameters()).dtype == torch.float32:
         assert lean.attend is not None, "the native kernels did not build (see the ferry.model.native log)"
+    cfg = model.cfg
+    if use_native == "fused" and cfg.norm_position == "pre" and cfg.activation == "relu":
+        assert lean.fused is not None, "a pre-norm ReLU decoder on native GEMMs runs its layers in one call"
+    else:
+        assert lean.fused is None
     return lean
 
 
@@ -98,7 +106,7 @@ def _poison(cache: DecoderCache) -> None:
 
 
 def _run_both(
-    model: Transformer, make_cache: object, steps: int, edit: object = None, *, use_native: bool = False
+    model: Transformer, make_cache: object, steps: int, edit: object = None, *, use_native: object = False
 ) -> None:
     """Decode ``steps`` greedy steps through the module path and the lean path on twin caches."""
     lean = _lean(model, use_native)
@@ -129,15 +137,15 @@ def _run_both(
 
 @pytest.mark.parametrize("use_native", NATIVE)
 @pytest.mark.parametrize("name", VARIANTS)
-def test_lean_step_equals_module_step(name: str, use_native: bool) -> None:
-    model = _model(VARIANTS[name])
+def test_lean_step_equals_module_step(name: str, use_native: object) -> None:
+    model = _model(VARIANTS[name], use_native=use_native)
     _run_both(model, lambda: _cache(model, [5, 3, 7]), steps=9, use_native=use_native)  # past the capacity
 
 
 @pytest.mark.parametrize("use_native", NATIVE)
 @pytest.mark.parametrize("name", ["post-norm relu", "grouped-query"])
-def test_lean_step_with_beam_groups_and_reorders(name: str, use_native: bool) -> None:
-    model = _model(VARIANTS[name])
+def test_lean_step_with_beam_groups_and_reorders(name: str, use_native: object) -> None:
+    model = _model(VARIANTS[name], use_native=use_native)
 
     def beams() -> DecoderCache:
         cache = _cache(model, [6, 4])
@@ -163,9 +171,9 @@ def test_lean_step_with_beam_groups_and_reorders(name: str, use_native: bool) ->
 
 
 @pytest.mark.parametrize("use_native", NATIVE)
-def test_lean_step_with_rows_at_different_positions(use_native: bool) -> None:
+def test_lean_step_with_rows_at_different_positions(use_native: object) -> None:
     """Continuous batching: a request joins after two steps, another leaves."""
-    model = _model(VARIANTS["pre-norm"])
+    model = _model(VARIANTS["pre-norm"], use_native=use_native)
 
     def join(step: int, caches: list[DecoderCache], tokens: torch.Tensor) -> torch.Tensor:
         if step == 1:
@@ -182,8 +190,9 @@ def test_lean_step_with_rows_at_different_positions(use_native: bool) -> None:
 
 
 @pytest.mark.parametrize("use_native", NATIVE)
-def test_lean_step_int8(use_native: bool) -> None:
-    model = _model(VARIANTS["post-norm relu"], quantize=True)
+def test_lean_step_int8(use_native: object) -> None:
+    variant = "pre-norm" if use_native == "fused" else "post-norm relu"
+    model = _model(VARIANTS[variant], quantize=True, use_native=use_native)
     _run_both(model, lambda: _cache(model, [5, 3]), steps=5, use_native=use_native)
 
 
@@ -232,14 +241,15 @@ def test_masked_attention_refuses_a_cache_laid_out_for_the_native_one(tiny_check
         translator.model.decode_step(torch.tensor([translator.model.cfg.decoder_start_id]), cache)
 
 
+@pytest.mark.parametrize("mode", [True, "fused"])
 @pytest.mark.parametrize("seed", range(6))
-def test_native_step_through_random_beam_edits(seed: int) -> None:
+def test_native_step_through_random_beam_edits(seed: int, mode: object) -> None:
     """Beam reorders (the row table alone moves), sentences leaving with their beams reordered in the
     same edit (K/V rows move, the table is renamed) and sentences joining at other positions, at
     random, against the module path."""
     if shutil.which("cc") is None:
         pytest.skip("no C compiler to build model/attend.c")
-    model = _model(VARIANTS["grouped-query"])
+    model = _model(VARIANTS["grouped-query"], use_native=mode)
     rng = torch.Generator().manual_seed(seed)
     beams = 3
 
@@ -270,7 +280,7 @@ def test_native_step_through_random_beam_edits(seed: int) -> None:
                 cache.reorder(order)
         return tokens[order]
 
-    _run_both(model, start, steps=10, edit=edit, use_native=True)
+    _run_both(model, start, steps=10, edit=edit, use_native=mode)
 
 
 def test_native_step_when_histories_are_copied_out(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -279,4 +289,38 @@ def test_native_step_when_histories_are_copied_out(monkeypatch: pytest.MonkeyPat
 
     monkeypatch.setattr(cache_module, "_placement", lambda history, group: None)
     for seed in range(2):
-        test_native_step_through_random_beam_edits(seed)
+        for mode in (True, "fused"):
+            test_native_step_through_random_beam_edits(seed, mode)
+
+
+@NO_CC
+def test_fused_layers_refuse_what_they_cannot_read() -> None:
+    model = _model(VARIANTS["pre-norm"], use_native="fused")
+    lean = _lean(model, "fused")
+    assert lean.fused is not None
+    cache = _cache(model, [5, 3])
+    cache.zeroed = False
+    cache._table = DecoderCache._identity_table(cache.row_capacity, cache.capacity, cache.lengths.device)
+    self_kv, cross_kv = cache.buffers
+    cross = cache.cross_k[0]
+    ok = dict(
+        lengths=cache.lengths,
+        src_lengths=cache.src_lengths,
+        group=1,
+        table=cache.row_table,
+        self_kv=self_kv,
+        self_rows=2,
+        cross_kv=cross_kv,
+        cross_rows=cross.shape[0],
+        cross_positions=cross.shape[2],
+    )
+    with torch.inference_mode():
+        with pytest.raises(ValueError, match=r"\(R, 32\) activations"):
+            lean.fused(torch.zeros(2, 31), **ok)  # type: ignore[arg-type]
+        with pytest.raises(ValueError, match="fewer lengths"):
+            lean.fused(torch.zeros(3, 32), **ok)  # type: ignore[arg-type]
+        past = dict(ok, lengths=torch.tensor([0, cache.capacity]))  # a row past the K/V buffer
+        with pytest.raises(ValueError, match="outside the K/V buffers"):
+            lean.fused(torch.zeros(2, 32), **past)  # type: ignore[arg-type]
+        out = lean.fused(torch.zeros(2, 32), **ok)  # type: ignore[arg-type]
+        assert torch.isfinite(out).all()
