@@ -103,10 +103,10 @@ RUN pip install --no-deps --no-build-isolation ".[server]" \
     && python -m pip uninstall --yes --quiet pip
 
 # ferry's native CPU kernels (model/attend.c: decoder attention, search top-k; model/gemm.c and
-# model/qgemm.c: the float32 and int8 Linears; no OpenMP library is linked: threads use the runtime
-# torch loads), compiled beside
-# the installed package, where ferry looks first: the runtime stage has no compiler and a
-# read-only root filesystem. The library carries an AVX2/FMA and a baseline x86-64 version and
+# model/qgemm.c: the float32 and int8 Linears; model/step.c: a decode step's layers in one call; no
+# OpenMP library is linked: threads use the runtime torch loads), compiled beside the installed
+# package, where ferry looks first: the runtime stage has no compiler and a read-only root
+# filesystem. The library carries an AVX2/FMA and a baseline x86-64 version and
 # picks one on the machine it runs on. The compiler stays in this stage. (Run from / : in the
 # source folder, `ferry` would name the source tree, not the installed package.)
 RUN if ! command -v cc > /dev/null; then \
