@@ -531,7 +531,7 @@ class DecodeLayers:
             for name in LAYER_LINEARS:
                 setattr(c, name, _packed(linears[name]))
         self.d_model = d_model
-        self._step = _Step(
+        self._sizes = dict(
             d_model=d_model,
             heads=heads,
             kv_heads=kv_heads,
@@ -571,7 +571,9 @@ class DecodeLayers:
         for buf in (self_kv, cross_kv):
             if buf.dtype != torch.float32 or buf.dim() != 6 or buf.stride(5) != 1:
                 raise ValueError("native decode layers need float32 (rows, L, 2, Hkv, T, D) K/V buffers")
-        s = self._step
+        # A fresh structure per call: one decoder serves several engine threads at once (a shared
+        # one let a thread run on another's rows and cache: out-of-bounds writes, a corrupted heap).
+        s = _Step(**self._sizes)
         s.rows, s.group, s.threads, s.x = rows, group, torch.get_num_threads(), x.data_ptr()
         st = self_kv.stride()
         s.self = _KV(self_kv.data_ptr(), self_rows, self_kv.shape[4], st[0], st[1], st[2], st[3], st[4])

@@ -324,3 +324,44 @@ def test_fused_layers_refuse_what_they_cannot_read() -> None:
             lean.fused(torch.zeros(2, 32), **past)  # type: ignore[arg-type]
         out = lean.fused(torch.zeros(2, 32), **ok)  # type: ignore[arg-type]
         assert torch.isfinite(out).all()
+
+
+@NO_CC
+def test_fused_layers_serve_several_threads_at_once() -> None:
+    """One decoder, two engine threads, two caches: each thread's steps equal the same steps run
+    alone. Regression: the call's arguments once lived in one structure shared by all callers, so a
+    thread ran on another's rows and cache (ValueError, then a corrupted heap in `ferry serve`)."""
+    import threading
+
+    # wide enough that a step's native call outlasts the other thread's Python between its calls
+    wide = replace(VARIANTS["grouped-query"], d_model=256, ffn_dim=1024, max_positions=40)
+    model = _model(wide, use_native="fused")
+    lean = _lean(model, "fused")
+    shapes = [[5, 3, 7] * 8, [2, 6, 4, 4, 3] * 6]
+    steps = 12
+
+    def run(lengths: list[int], seed: int, out: list[torch.Tensor]) -> None:
+        cache = _cache(model, lengths, seed=seed)
+        cache.zeroed = False
+        cache._table = DecoderCache._identity_table(cache.row_capacity, cache.capacity, cache.lengths.device)
+        tokens = torch.full((cache.num_rows,), model.cfg.decoder_start_id)
+        with torch.inference_mode():
+            for _ in range(steps):
+                logits = lean.decode_step(tokens, cache)
+                out.append(logits)
+                tokens = logits.argmax(-1)
+
+    alone: list[list[torch.Tensor]] = [[], []]
+    for i, lengths in enumerate(shapes):
+        run(lengths, i, alone[i])
+    for _ in range(3):
+        together: list[list[torch.Tensor]] = [[], []]
+        threads = [threading.Thread(target=run, args=(lengths, i, together[i])) for i, lengths in enumerate(shapes)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        for want, got in zip(alone, together):
+            assert len(got) == steps
+            for a, b in zip(want, got):
+                torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-6)
