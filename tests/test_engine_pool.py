@@ -190,3 +190,32 @@ def test_usable_cores_follow_a_cgroup_cpu_quota(tmp_path: Path) -> None:
     for text, want in (("max 100000\n", mask), ("150000 100000\n", min(mask, 2)), ("50000 100000", 1), ("junk", mask)):
         quota.write_text(text)
         assert usable_cores(quota) == want, text
+
+
+def test_two_engines_on_a_shipped_model_equal_translate() -> None:
+    """The shipped models are pre-norm, so on CPU both engines decode through the fused native step
+    (model/step.c) of one shared decoder at the same time: every result equals the in-process one.
+    Regression: that step once kept its arguments in one structure shared by the engine threads."""
+    from ferry import default_model_dir
+
+    translator = Translator(default_model_dir("en", "de"), device="cpu")
+    stepper = translator.stepper()
+    if getattr(stepper, "fused", None) is None:
+        pytest.skip("no fused native step here (no C compiler)")
+    texts = [
+        "A man is riding a bicycle.",
+        "Two dogs are playing in the snow.",
+        "A woman in a red coat is sitting on a bench in the park.",
+        "Children are playing football on a green field near the river.",
+        "Where is the train station?",
+        "He loves trains.",
+    ] * 4
+    pool = EnginePool(translator, engines=2)
+    with pool:
+        handles = [pool.submit([text], BEAM2 if i % 3 else GREEDY) for i, text in enumerate(texts)]
+        results = [h.result(WAIT) for h in handles]
+    assert all(e.stats().step_count > 0 for e in pool.engines)  # both decoded, concurrently
+    for i, (text, got) in enumerate(zip(texts, results)):
+        want = translator.translate([text], BEAM2 if i % 3 else GREEDY)[0]
+        assert got[0].text == want.text
+        assert got[0].hypotheses == want.hypotheses
