@@ -369,20 +369,26 @@ class Linear:
     count or the rows beside it."""
 
     PANEL = 16
+    SYMBOL = "ferry_linear"
+    """The library function this Linear calls."""
 
     def __init__(self, lib: ctypes.CDLL, weight: Tensor, bias: Tensor | None, *, relu: bool = False) -> None:
         if weight.dtype != torch.float32 or weight.device.type != "cpu" or weight.dim() != 2:
             raise ValueError("native Linear needs a 2-D float32 CPU weight")
-        self._fn = lib.ferry_linear
-        self.out_features, self.in_features = n, k = weight.shape
-        w = weight.detach().contiguous()
-        self.panels = torch.empty(-(-n // self.PANEL) * k * self.PANEL)  # (N / 16, K, 16) flattened
-        lib.ferry_pack_weight(n, k, w.data_ptr(), k, self.panels.data_ptr())
+        self._fn = getattr(lib, self.SYMBOL)
+        self.out_features, self.in_features = n, _ = weight.shape
         self.bias = bias.detach().contiguous() if bias is not None else None
         if self.bias is not None and (self.bias.dtype != torch.float32 or self.bias.numel() != n):
             raise ValueError(f"native Linear needs a float32 bias of {n} values")
         self._bias_ptr = self.bias.data_ptr() if self.bias is not None else None
         self._relu = int(relu)
+        self._pack(lib, weight.detach())
+
+    def _pack(self, lib: ctypes.CDLL, weight: Tensor) -> None:
+        n, k = self.out_features, self.in_features
+        w = weight.contiguous()
+        self.panels = torch.empty(-(-n // self.PANEL) * k * self.PANEL)  # (N / 16, K, 16) flattened
+        lib.ferry_pack_weight(n, k, w.data_ptr(), k, self.panels.data_ptr())
 
     def _run(self, x: Tensor, out: Tensor, flags: int) -> None:
         if x.dtype != torch.float32 or x.device.type != "cpu" or x.dim() != 2 or x.stride(1) != 1:
@@ -391,20 +397,18 @@ class Linear:
             raise ValueError(f"native Linear expects {self.in_features} input features, got {x.shape[1]}")
         self._kernel(x, out, flags)
 
+    def _weights(self) -> tuple[int, ...]:
+        """The packed weight's pointers, as the library function takes them after the input."""
+        return (self.panels.data_ptr(),)
+
     def _kernel(self, x: Tensor, out: Tensor, flags: int) -> None:
-        self._fn(
-            x.shape[0],
-            self.out_features,
-            self.in_features,
-            x.data_ptr(),
-            x.stride(0),
-            self.panels.data_ptr(),
-            self._bias_ptr,
-            out.data_ptr(),
-            out.stride(0),
-            flags,
-            torch.get_num_threads(),
+        m, n, k = x.shape[0], self.out_features, self.in_features
+        weights, bias, threads = self._weights(), self._bias_ptr, torch.get_num_threads()
+        status = self._fn(
+            m, n, k, x.data_ptr(), x.stride(0), *weights, bias, out.data_ptr(), out.stride(0), flags, threads
         )
+        if status != 0:
+            raise MemoryError("native Linear could not allocate its scratch buffer")
 
     def __call__(self, x: Tensor) -> Tensor:
         out = x.new_empty(x.shape[0], self.out_features)  # (M, N)
@@ -430,16 +434,13 @@ class Int8Linear(Linear):
     ``dequantized`` unpacks the float weight it multiplies by (for references and tests)."""
 
     GROUP = 4
+    SYMBOL = "ferry_linear_int8"
 
-    def __init__(self, lib: ctypes.CDLL, weight: Tensor, bias: Tensor | None, *, relu: bool = False) -> None:
-        if weight.dtype != torch.float32 or weight.device.type != "cpu" or weight.dim() != 2:
-            raise ValueError("native Linear needs a 2-D float32 CPU weight")
-        self._fn = lib.ferry_linear_int8
-        self.out_features, self.in_features = n, k = weight.shape
-        w = weight.detach()
-        scale = w.abs().amax(1) / 127  # (N,)
+    def _pack(self, lib: ctypes.CDLL, weight: Tensor) -> None:
+        n, k = self.out_features, self.in_features
+        scale = weight.abs().amax(1) / 127  # (N,)
         scale = torch.where(scale > 0, scale, torch.ones_like(scale)).contiguous()
-        q = torch.round(w / scale[:, None]).clamp_(-127, 127).to(torch.int8)  # (N, K)
+        q = torch.round(weight / scale[:, None]).clamp_(-127, 127).to(torch.int8)  # (N, K)
         panels, kp = -(-n // self.PANEL), -(-k // self.GROUP) * self.GROUP
         padded = torch.zeros(panels * self.PANEL, kp, dtype=torch.int8)
         padded[:n, :k] = q
@@ -447,11 +448,6 @@ class Int8Linear(Linear):
         self.panels = padded.view(panels, self.PANEL, kp // self.GROUP, self.GROUP).permute(0, 2, 1, 3).contiguous()
         self.colsum = q.sum(1, dtype=torch.int32).contiguous()  # (N,)
         self.scale = scale
-        self.bias = bias.detach().contiguous() if bias is not None else None
-        if self.bias is not None and (self.bias.dtype != torch.float32 or self.bias.numel() != n):
-            raise ValueError(f"native Linear needs a float32 bias of {n} values")
-        self._bias_ptr = self.bias.data_ptr() if self.bias is not None else None
-        self._relu = int(relu)
 
     @property
     def dequantized(self) -> Tensor:
@@ -460,24 +456,8 @@ class Int8Linear(Linear):
         q = self.panels.permute(0, 2, 1, 3).reshape(panels * self.PANEL, groups * self.GROUP)  # (N', K')
         return q[: self.out_features, : self.in_features].float() * self.scale[:, None]
 
-    def _kernel(self, x: Tensor, out: Tensor, flags: int) -> None:
-        status = self._fn(
-            x.shape[0],
-            self.out_features,
-            self.in_features,
-            x.data_ptr(),
-            x.stride(0),
-            self.panels.data_ptr(),
-            self.scale.data_ptr(),
-            self.colsum.data_ptr(),
-            self._bias_ptr,
-            out.data_ptr(),
-            out.stride(0),
-            flags,
-            torch.get_num_threads(),
-        )
-        if status != 0:
-            raise MemoryError("native int8 Linear could not allocate its activation buffer")
+    def _weights(self) -> tuple[int, ...]:
+        return (self.panels.data_ptr(), self.scale.data_ptr(), self.colsum.data_ptr())
 
 
 def int8_linear(weight: Tensor, bias: Tensor | None, *, relu: bool = False) -> Int8Linear | None:
