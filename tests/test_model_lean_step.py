@@ -365,3 +365,16 @@ def test_fused_layers_serve_several_threads_at_once() -> None:
             assert len(got) == steps
             for a, b in zip(want, got):
                 torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-6)
+
+
+@NO_CC
+def test_fused_layers_with_threads_and_many_rows() -> None:
+    """Two threads (the GEMMs inside the fused step split their panels) and twenty rows at several
+    positions: the same logits and K/V as the module path."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        model = _model(VARIANTS["grouped-query"], use_native="fused")
+        _run_both(model, lambda: _cache(model, [5, 3, 7, 2, 6] * 4), steps=6, use_native="fused")
+    finally:
+        torch.set_num_threads(before)
