@@ -182,17 +182,40 @@ void ferry_set_openmp(void *parallel, void *thread_num, void *num_threads) {
 }
 
 typedef struct {
-    int64_t np, M, N, K, ldx, ldy;
+    void (*run)(const void *task, int64_t p0, int64_t p1);
+    const void *task;
+    int64_t np;
+} panel_split;
+
+/* One thread's contiguous share of the panels. */
+static void split_share(void *arg) {
+    const panel_split *s = arg;
+    int64_t id = ferry_omp_thread_num(), n = ferry_omp_num_threads();
+    s->run(s->task, s->np * id / n, s->np * (id + 1) / n);
+}
+
+/* run(task, 0, np) over ``np`` output panels, split over ``threads`` threads of torch's OpenMP team
+ * when there is one and the call has ``macs`` >= PARALLEL_MACS multiply-adds (gemm.c and qgemm.c). */
+void ferry_for_panels(void (*run)(const void *, int64_t, int64_t), const void *task, int64_t np, int64_t macs,
+                      int64_t threads) {
+    if (ferry_omp_parallel && threads > 1 && np > 1 && macs >= PARALLEL_MACS) {
+        panel_split s = {run, task, np};
+        ferry_omp_parallel(split_share, &s, (unsigned)(threads < np ? threads : np), 0);
+    } else {
+        run(task, 0, np);
+    }
+}
+
+typedef struct {
+    int64_t M, N, K, ldx, ldy;
     const float *x, *w;
     float *y;
     const epilogue *e;
 } gemm_task;
 
-/* One thread's contiguous share of the panels. */
-static void gemm_share(void *arg) {
+static void gemm_panels(const void *arg, int64_t p0, int64_t p1) {
     const gemm_task *t = arg;
-    int64_t id = ferry_omp_thread_num(), n = ferry_omp_num_threads();
-    panels(t->np * id / n, t->np * (id + 1) / n, t->M, t->N, t->K, t->x, t->ldx, t->w, t->y, t->ldy, t->e);
+    panels(p0, p1, t->M, t->N, t->K, t->x, t->ldx, t->w, t->y, t->ldy, t->e);
 }
 
 /* y (M, N) rows ``ldy`` apart = act(x (M, K) W^T + bias) (+ y when flags & 2); act is ReLU when flags & 1.
@@ -204,13 +227,8 @@ int ferry_linear(int64_t M, int64_t N, int64_t K, const float *x, int64_t ldx, c
         e.floor[j] = flags & 1 ? 0.0f : -__builtin_inff();
         e.keep[j] = flags & 2 ? -1 : 0;
     }
-    const int64_t np = (N + NR - 1) / NR;
     if (M <= 0 || N <= 0) return 0;
-    if (ferry_omp_parallel && threads > 1 && np > 1 && M * N * K >= PARALLEL_MACS) {
-        gemm_task task = {np, M, N, K, ldx, ldy, x, w, y, &e};
-        ferry_omp_parallel(gemm_share, &task, (unsigned)(threads < np ? threads : np), 0);
-        return 0;
-    }
-    panels(0, np, M, N, K, x, ldx, w, y, ldy, &e);
+    gemm_task task = {M, N, K, ldx, ldy, x, w, y, &e};
+    ferry_for_panels(gemm_panels, &task, (N + NR - 1) / NR, M * N * K, threads);
     return 0;
 }

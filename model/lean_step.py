@@ -256,7 +256,7 @@ class LeanDecoder:
     def _fused_step(self, tokens: Tensor, cache: DecoderCache, fused: native.DecodeLayers) -> Tensor:
         """``decode_step`` with every layer in one native call (``model/step.c``)."""
         cache.reserve_step()
-        x = self._embed(tokens, cache).contiguous()  # (R, d), updated in place by the layers
+        x = self._embed(tokens, cache)  # (R, d), a new tensor, updated in place by the layers
         self_kv, cross_kv = cache.buffers
         cross = cache.cross_k[0]  # (N, Hkv, S, D) view: the rows and source positions in use
         src_lengths = cache.src_lengths if cache.src_lengths.is_contiguous() else cache.src_lengths.contiguous()

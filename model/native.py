@@ -1,11 +1,12 @@
-"""Native CPU kernels (``model/attend.c``, ``model/gemm.c``), compiled once per machine and called
-through ctypes: the decoder's attention step, the search's top-k of log-probabilities, and the
-float32 Linears (``Linear``; split over torch's own OpenMP threads).
+"""Native CPU kernels, compiled once per machine and called through ctypes: the decoder's attention
+step and the search's top-k of log-probabilities (``model/attend.c``), the float32 and int8 Linears
+(``model/gemm.c``, ``model/qgemm.c``: ``Linear``, ``Int8Linear``; split over torch's own OpenMP
+threads) and a pre-norm decoder's whole layer stack for one step (``model/step.c``: ``DecodeLayers``).
 
 The library is looked up, in order, beside this module (a prebuilt copy, e.g. baked into the
 container image by ``python -m ferry.model.native --build``) and in the user cache directory
 (``$FERRY_CACHE_DIR``, else ``$XDG_CACHE_HOME/ferry``, else ``~/.cache/ferry``); when neither has it,
-it is compiled into the cache directory with the system C compiler (``$CC``, else ``cc``; ~1 s). The
+it is compiled into the cache directory with the system C compiler (``$CC``, else ``cc``; a few seconds). The
 file name carries a hash of the source and flags, so an edited kernel is rebuilt. Without a compiler,
 a writable cache or an x86-64/aarch64 Linux-like platform, ``attention()`` returns ``None`` and the
 decoder keeps torch's ``scaled_dot_product_attention`` and GEMMs, and the search
@@ -551,6 +552,8 @@ class DecodeLayers:
         for buf in (self_kv, cross_kv):
             if buf.dtype != torch.float32 or buf.dim() != 6 or buf.stride(5) != 1:
                 raise ValueError("native decode layers need float32 (rows, L, 2, Hkv, T, D) K/V buffers")
+        if table is not None and (table.dtype != torch.int64 or table.stride(1) != 1 or table.shape[0] < rows):
+            raise ValueError("the row table must be int64 with contiguous rows, one per query row")
         # A fresh structure per call: one decoder serves several engine threads at once (a shared
         # one let a thread run on another's rows and cache: out-of-bounds writes, a corrupted heap).
         s = _Step(**self._sizes)
@@ -561,8 +564,6 @@ class DecodeLayers:
         s.cross = _KV(cross_kv.data_ptr(), cross_rows, cross_positions, ct[0], ct[1], ct[2], ct[3], ct[4])
         s.lengths, s.src_lengths = lengths.data_ptr(), src_lengths.data_ptr()
         s.table, s.table_stride = (table.data_ptr(), table.stride(0)) if table is not None else (None, 0)
-        if table is not None and (table.dtype != torch.int64 or table.stride(1) != 1 or table.shape[0] < rows):
-            raise ValueError("the row table must be int64 with contiguous rows, one per query row")
         status = self._fn(ctypes.byref(s))
         if status == -2:
             raise ValueError("native decode layers: a row's length or a row-table entry lies outside the K/V buffers")
@@ -574,20 +575,11 @@ class DecodeLayers:
 
 
 def _packed(lin: Linear) -> _Lin:
-    """A native Linear as ``ferry_lin``."""
+    """A native Linear as ``ferry_lin``: float32 panels, or int8 panels with their scales and sums."""
+    weights = lin._weights()
+    panels, scale, colsum = weights if len(weights) == 3 else (weights[0], None, None)
     bias = lin.bias.data_ptr() if lin.bias is not None else None
-    if isinstance(lin, Int8Linear):
-        return _Lin(
-            1,
-            lin.out_features,
-            lin.in_features,
-            lin._relu,
-            lin.panels.data_ptr(),
-            lin.scale.data_ptr(),
-            lin.colsum.data_ptr(),
-            bias,
-        )
-    return _Lin(0, lin.out_features, lin.in_features, lin._relu, lin.panels.data_ptr(), None, None, bias)
+    return _Lin(int(scale is not None), lin.out_features, lin.in_features, lin._relu, panels, scale, colsum, bias)
 
 
 def decode_layers(

@@ -18,17 +18,15 @@
 #define KG 4               /* k per group: one 32-bit lane of 4 bytes */
 #define PANEL_GROUP (NR * KG) /* bytes of one k-group of one panel */
 #define QMAX 127           /* 7-bit activations */
-#define PARALLEL_MACS 65536
 
 #if defined(__x86_64__) && defined(__GNUC__)
 #include <immintrin.h>
 #define FERRY_X86 1
 #endif
 
-/* gemm.c's OpenMP entry points (set by ferry_set_openmp there). */
-extern void (*ferry_omp_parallel)(void (*)(void *), void *, unsigned, unsigned);
-extern int (*ferry_omp_thread_num)(void);
-extern int (*ferry_omp_num_threads)(void);
+/* gemm.c: run(task, p0, p1) over panels, split over torch's OpenMP threads when worth it. */
+void ferry_for_panels(void (*run)(const void *, int64_t, int64_t), const void *task, int64_t np, int64_t macs,
+                      int64_t threads);
 
 /* Quantize each of M rows of x (K floats, rows ldx apart) into q (rows kp bytes apart, zero past K):
  * scale[r], zero[r]. A row of zeros gets scale 1, zero point 0. */
@@ -138,7 +136,7 @@ static inline __attribute__((target("avx2"))) void block_x86(int R, int64_t grou
 typedef void (*block_fn)(int R, int64_t groups, const uint8_t *q, int64_t kp, const int8_t *w, int32_t *sums);
 
 typedef struct {
-    int64_t np, M, N, kp;
+    int64_t M, N, kp;
     const uint8_t *q;
     const float *sx;
     const int32_t *zx;
@@ -175,7 +173,8 @@ __attribute__((target("avx2"))) static void qpanels_x86(const qtask *t, int64_t 
 
 static void qpanels_portable(const qtask *t, int64_t p0, int64_t p1) { qpanels_body(t, p0, p1, block_portable); }
 
-static void qpanels(const qtask *t, int64_t p0, int64_t p1) {
+static void qpanels(const void *arg, int64_t p0, int64_t p1) {
+    const qtask *t = arg;
 #ifdef FERRY_X86
     if (t->avx2) {
         qpanels_x86(t, p0, p1);
@@ -183,12 +182,6 @@ static void qpanels(const qtask *t, int64_t p0, int64_t p1) {
     }
 #endif
     qpanels_portable(t, p0, p1);
-}
-
-static void qshare(void *arg) {
-    const qtask *t = arg;
-    int64_t id = ferry_omp_thread_num(), n = ferry_omp_num_threads();
-    qpanels(t, t->np * id / n, t->np * (id + 1) / n);
 }
 
 /* y (M, N) rows ``ldy`` apart = act(x (M, K) W^T + bias) (+ y when flags & 2), ReLU when flags & 1;
@@ -207,14 +200,11 @@ int ferry_linear_int8(int64_t M, int64_t N, int64_t K, const float *x, int64_t l
     uint8_t *q = (uint8_t *)(zx + M);
     quantize_rows(M, K, kp, x, ldx, q, sx, zx);
     epilogue e = {wscale, bias, colsum, (int)(flags & 1), (int)((flags >> 1) & 1)};
-    qtask t = {np, M, N, kp, q, sx, zx, w, y, ldy, &e, 0};
+    qtask t = {M, N, kp, q, sx, zx, w, y, ldy, &e, 0};
 #ifdef FERRY_X86
     t.avx2 = __builtin_cpu_supports("avx2");
 #endif
-    if (ferry_omp_parallel && threads > 1 && np > 1 && M * N * K >= PARALLEL_MACS)
-        ferry_omp_parallel(qshare, &t, (unsigned)(threads < np ? threads : np), 0);
-    else
-        qpanels(&t, 0, np);
+    ferry_for_panels(qpanels, &t, np, M * N * K, threads);
     free(scratch);
     return 0;
 }

@@ -106,25 +106,28 @@ int ferry_decode_layers(const ferry_step *s) {
         float *ck = s->cross.base + l * s->cross.layer, *cv = ck + s->cross.kv;
         /* self-attention: x += out(attend(qkv(norm(x)))), storing this step's K/V */
         layer_norm(r, d, s->x, w->norm_w[0], w->norm_b[0], s->eps, y);
-        status |= linear(&w->qkv, r, y, d, wide, qkv_width, 0, s->threads);
-        status |= ferry_attend(r, s->heads, s->kv_heads, s->head_dim, 1, wide, qkv_width, sk, sv, s->self.rows,
-                               s->self.positions, s->self.row, s->self.head, s->self.pos, s->lengths, 1, s->table,
-                               s->table_stride, wide + hd, wide + hd + kd, qkv_width, s->scale, att, hd);
+        status = linear(&w->qkv, r, y, d, wide, qkv_width, 0, s->threads);
+        if (status == 0)
+            status = ferry_attend(r, s->heads, s->kv_heads, s->head_dim, 1, wide, qkv_width, sk, sv, s->self.rows,
+                                  s->self.positions, s->self.row, s->self.head, s->self.pos, s->lengths, 1,
+                                  s->table, s->table_stride, wide + hd, wide + hd + kd, qkv_width, s->scale, att,
+                                  hd);
+        if (status == 0) status = linear(&w->self_out, r, att, hd, s->x, d, 1, s->threads);
         if (status) break;
-        status |= linear(&w->self_out, r, att, hd, s->x, d, 1, s->threads);
         /* cross-attention over the encoder's K/V (beams of a sentence share its row) */
         layer_norm(r, d, s->x, w->norm_w[1], w->norm_b[1], s->eps, y);
-        status |= linear(&w->cross_q, r, y, d, wide, hd, 0, s->threads);
-        status |= ferry_attend(r, s->heads, s->kv_heads, s->head_dim, s->group, wide, hd, ck, cv, s->cross.rows,
-                               s->cross.positions, s->cross.row, s->cross.head, s->cross.pos, s->src_lengths, 0,
-                               NULL, 0, NULL, NULL, 0, s->scale, att, hd);
+        status = linear(&w->cross_q, r, y, d, wide, hd, 0, s->threads);
+        if (status == 0)
+            status = ferry_attend(r, s->heads, s->kv_heads, s->head_dim, s->group, wide, hd, ck, cv, s->cross.rows,
+                                  s->cross.positions, s->cross.row, s->cross.head, s->cross.pos, s->src_lengths, 0,
+                                  NULL, 0, NULL, NULL, 0, s->scale, att, hd);
+        if (status == 0) status = linear(&w->cross_out, r, att, hd, s->x, d, 1, s->threads);
         if (status) break;
-        status |= linear(&w->cross_out, r, att, hd, s->x, d, 1, s->threads);
         /* feed-forward */
         layer_norm(r, d, s->x, w->norm_w[2], w->norm_b[2], s->eps, y);
-        status |= linear(&w->fc1, r, y, d, wide, w->fc1.n, 0, s->threads);
-        status |= linear(&w->fc2, r, wide, w->fc1.n, s->x, d, 1, s->threads);
+        status = linear(&w->fc1, r, y, d, wide, w->fc1.n, 0, s->threads);
+        if (status == 0) status = linear(&w->fc2, r, wide, w->fc1.n, s->x, d, 1, s->threads);
     }
     free(y);
-    return status < 0 ? status : 0;
+    return status; /* 0, or the first failing call's code: each stops the step before its use */
 }
